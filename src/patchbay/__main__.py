@@ -1,0 +1,5 @@
+"""``python -m patchbay``."""
+
+from patchbay.cli import main
+
+main()

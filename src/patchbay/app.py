@@ -1,0 +1,212 @@
+"""The ASGI application: DBSlayer's endpoints on a lean path, Patchbay's own beside them.
+
+No framework sits on the ``/db`` path: a framework layer costs 18-21 % of throughput here
+(``python-stack-ceiling.md``), so requests are dispatched on their path and answered with two ASGI
+messages. Patchbay's own endpoints (``/v1/stats``, ``/livez``, ``/readyz``) use the one JSON error
+shape with real HTTP statuses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+import structlog
+
+from patchbay import settings as settings_module
+from patchbay.errors import NotFound, PatchbayError
+from patchbay.settings import Settings, redact_url
+from patchbay.sql import routes
+from patchbay.sql.gateway import Database
+from patchbay.stats import Stats
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = structlog.get_logger("patchbay")
+JSON = b"application/json"
+OPEN_PATHS = frozenset({"/livez", "/readyz"})
+
+
+class App:
+    """Patchbay as one ASGI callable."""
+
+    def __init__(self, settings: Settings, *, shutdown: Callable[[], None] | None = None) -> None:
+        self.settings = settings
+        strict = settings.server.compat == "strict"
+        self.databases = {db.name: Database(db, strict=strict) for db in settings.databases}
+        self.stats = Stats()
+        self.started = time.time()
+        self.dbslayer = routes.DBSlayer(
+            self.databases,
+            stats=self.stats,
+            strict=strict,
+            max_request_bytes=settings.server.max_request_bytes,
+            args=" ".join(redact_url(a) for a in sys.argv),
+            shutdown=shutdown or request_shutdown,
+        )
+        self.token = settings.server.token.encode()
+        self.networks = [
+            ipaddress.ip_network(n, strict=False) for n in settings.server.allow_networks
+        ]
+        self.ready = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Dispatch one ASGI connection."""
+        kind = scope["type"]
+        if kind == "http":
+            await self.http(scope, send)
+        elif kind == "lifespan":
+            await self.lifespan(receive, send)
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        """Start the databases' probes; close every pool at shutdown."""
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                for database in self.databases.values():
+                    database.start()
+                self.ready = True
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.ready = False
+                for database in self.databases.values():
+                    await database.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def http(self, scope: Scope, send: Send) -> None:
+        """Answer one HTTP request."""
+        began = time.perf_counter()
+        path: str = scope["path"]
+        method: str = scope["method"]
+        client = scope.get("client")
+        peer = client[0] if client else None
+        server = scope.get("server")
+        local = server[0] if server else None
+        error: str | None = None
+        if path in routes.PATHS:
+            if method not in ("GET", "POST"):
+                status, content_type, body = 405, routes.TEXT, b"Method Not Allowed"
+            elif (denied := self._denied(scope, peer)) is not None:
+                status, content_type, body = (
+                    denied,
+                    routes.TEXT,
+                    (b"Unauthorized" if denied == 401 else b"Forbidden"),
+                )
+            else:
+                reply = await self.dbslayer.handle(path, scope["query_string"], peer, local)
+                status, content_type, body, error = (
+                    reply.status,
+                    reply.content_type,
+                    reply.body,
+                    reply.error,
+                )
+        else:
+            status, content_type, body = self._own(path, scope, peer)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", content_type),
+                    (b"content-length", b"%d" % len(body)),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        query = scope["query_string"]
+        self.stats.record(
+            client_ip=peer or "",
+            request=f"{method} {path}{'?' if query else ''}{query.decode('latin-1')} HTTP/1.0",
+            status=status,
+            bytes_sent=len(body),
+            micros=int((time.perf_counter() - began) * 1e6),
+            error=error,
+        )
+
+    def _denied(self, scope: Scope, peer: str | None) -> int | None:
+        """401 without the bearer token, 403 from outside the allowed networks."""
+        if self.token:
+            expected = b"bearer " + self.token
+            for name, value in scope["headers"]:
+                if name == b"authorization" and _same(value.lower()[:7] + value[7:], expected):
+                    break
+            else:
+                return 401
+        if self.networks and peer is not None:
+            try:
+                address = ipaddress.ip_address(peer)
+            except ValueError:
+                return 403
+            if not address.is_loopback and not any(address in n for n in self.networks):
+                return 403
+        return None
+
+    def _own(self, path: str, scope: Scope, peer: str | None) -> tuple[int, bytes, bytes]:
+        try:
+            if path == "/livez":
+                return 200, JSON, b'{"status":"ok"}'
+            if path == "/readyz":
+                if not self.ready:
+                    return 503, JSON, b'{"status":"starting"}'
+                return 200, JSON, b'{"status":"ok"}'
+            if path == "/v1/stats":
+                denied = self._denied(scope, peer)
+                if denied is not None:
+                    error: dict[str, Any] = {
+                        "error": {
+                            "code": "unauthorized" if denied == 401 else "forbidden",
+                            "message": "not allowed",
+                            "detail": {},
+                        }
+                    }
+                    return denied, JSON, orjson.dumps(error)
+                return 200, JSON, orjson.dumps(self.rich_stats())
+            if path.startswith("/v1/"):
+                raise NotFound(f"no endpoint {path}", path=path)
+        except PatchbayError as exc:
+            return exc.status, JSON, orjson.dumps(exc.to_json())
+        return 404, routes.TEXT, b"Not Found"
+
+    def rich_stats(self) -> dict[str, Any]:
+        """Patchbay's own counters (``/v1/stats``)."""
+        return {
+            "uptime_seconds": round(time.time() - self.started, 3),
+            "pid": os.getpid(),
+            "total_requests": self.stats.total_requests,
+            "databases": {name: db.stats() for name, db in self.databases.items()},
+        }
+
+
+def _same(a: bytes, b: bytes) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a, b)
+
+
+def request_shutdown() -> None:
+    """Ask the whole server (every worker) to stop gracefully, after this response is sent."""
+    target = int(os.environ.get("PATCHBAY_SUPERVISOR_PID", os.getpid()))
+    import asyncio
+
+    asyncio.get_running_loop().call_later(0.05, os.kill, target, signal.SIGTERM)
+
+
+def create_app(settings: Settings) -> App:
+    """Build the application from settings."""
+    return App(settings)
+
+
+def app_from_environment() -> App:
+    """Factory for worker processes: settings come from the serving process's environment."""
+    payload = orjson.loads(os.environ["PATCHBAY_SERVE_ARGS"])
+    return App(settings_module.load(payload["config"], overrides=payload["overrides"]))

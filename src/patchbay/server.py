@@ -1,0 +1,131 @@
+"""Serving: uvicorn with its httptools protocol, plus the receive deadline uvicorn lacks.
+
+uvicorn gives keep-alive, pipelining, graceful drain on SIGTERM (``drain_timeout``) and worker
+processes. A bare uvicorn holds a connection open for as long as a client takes to send its
+request (slowloris); ``DeadlineProtocol`` closes a connection whose request has not fully
+arrived ``receive_timeout`` seconds after it began (DBSlayer's 10 s), and refuses a request line
+longer than the request size limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import orjson
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from patchbay.settings import Settings
+
+URL_SLACK = 16 * 1024  # room for the path and the percent-encoding of a request at the limit
+
+
+class DeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline for receiving each request."""
+
+    receive_timeout = 10.0
+    max_url_bytes = 1_048_576 + URL_SLACK
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Start the deadline: a connection that sends nothing is closed too."""
+        super().connection_made(transport)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._url_bytes = 0
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        """Start the deadline at the first byte of each request."""
+        if self._deadline is None:
+            self._arm()
+        super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        """Reset the request line's length count."""
+        self._url_bytes = 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        """Refuse a request line over the limit instead of buffering it."""
+        self._url_bytes += len(url)
+        if self._url_bytes > self.max_url_bytes:
+            self._refuse(b"414 URI Too Long", b"request too large")
+            return
+        super().on_url(url)
+
+    def on_message_complete(self) -> None:
+        """The whole request arrived in time."""
+        self._disarm()
+        super().on_message_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Forget the deadline."""
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._deadline = self.loop.call_later(self.receive_timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.close()
+        elif not self.transport.is_closing() and self.cycle.more_body:
+            self._refuse(b"408 Request Timeout", b"request not received in time")
+
+    def _refuse(self, status: bytes, message: bytes) -> None:
+        if self.transport.is_closing():
+            return
+        self.transport.write(
+            b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(message) + message
+        )
+        self.transport.close()
+
+
+def protocol_for(settings: Settings) -> type[DeadlineProtocol]:
+    """A protocol class carrying this server's limits."""
+    return type(
+        "PatchbayProtocol",
+        (DeadlineProtocol,),
+        {
+            "receive_timeout": settings.server.receive_timeout,
+            "max_url_bytes": settings.server.max_request_bytes + URL_SLACK,
+        },
+    )
+
+
+def serve(settings: Settings, *, config_file: str | None, overrides: dict[str, Any]) -> None:
+    """Run the server until SIGTERM, SIGINT or ``/shutdown``."""
+    server = settings.server
+    os.environ["PATCHBAY_SUPERVISOR_PID"] = str(os.getpid())
+    common: dict[str, Any] = {
+        "host": server.host,
+        "port": server.port,
+        "http": protocol_for(settings),
+        "loop": "uvloop",
+        "lifespan": "on",
+        "access_log": server.access_log,
+        "log_level": server.log_level,
+        "timeout_keep_alive": server.keep_alive_timeout,
+        "timeout_graceful_shutdown": server.drain_timeout,
+        "limit_concurrency": server.max_connections,
+        "backlog": 2048,
+        "server_header": False,
+        "date_header": True,
+    }
+    if server.workers == 1:
+        from patchbay.app import create_app
+
+        uvicorn.run(create_app(settings), **common)
+        return
+    os.environ["PATCHBAY_SERVE_ARGS"] = orjson.dumps(
+        {"config": config_file, "overrides": overrides}
+    ).decode()
+    uvicorn.run("patchbay.app:app_from_environment", factory=True, workers=server.workers, **common)

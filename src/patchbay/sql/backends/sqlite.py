@@ -1,0 +1,197 @@
+"""SQLite, the embedded default, through the standard library's ``sqlite3`` on worker threads.
+
+Each pooled connection runs its statements on a thread of the connector's executor, so the event
+loop never blocks. The database is opened in WAL mode: readers run concurrently, while a request
+that may write holds the connector's write lock, so writers queue in order instead of failing
+with ``SQLITE_BUSY``. A batch is split with the SQL lexer (``statements.split``). A query past its
+timeout is stopped with ``sqlite3_interrupt`` and its connection dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Final, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from patchbay.sql import statements, types, values
+from patchbay.sql.backends import errnos
+from patchbay.sql.backends.base import ServerFailure
+from patchbay.sql.results import Outcome, Rows, SqlError, Write
+from patchbay.sql.statements import Shape
+
+T = TypeVar("T")
+BUSY_TIMEOUT_MS: Final = 5000
+
+
+def sqlite_path(url: str) -> str:
+    """The file of a SQLite URL, as SQLAlchemy reads them.
+
+    ``sqlite:///relative/x.db`` is relative to the working directory, ``sqlite:////abs/x.db``
+    absolute; a three-slash path that names no file but does name one from ``/`` is taken as
+    absolute too, since that is what people usually mean by ``sqlite:///tmp/x.db``.
+    """
+    parts = urlsplit(url)
+    path = unquote(parts.netloc + parts.path)
+    if path.startswith("/") and not path.startswith("//"):
+        relative = path[1:]
+        if relative == ":memory:" or Path(relative).exists() or not Path(path).exists():
+            return relative
+    elif path.startswith("//"):
+        return path[1:]
+    return path
+
+
+class SQLiteConnector:
+    """Opens connections to one SQLite database file."""
+
+    kind = "sqlite"
+
+    def __init__(self, url: str, *, strict: bool, threads: int) -> None:
+        self.url = url
+        self.path = sqlite_path(url)
+        self.strict = strict
+        self.write_lock = asyncio.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sqlite")
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on a worker thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def connect(self) -> SQLiteConnection:
+        """Open the file (which must exist) in WAL mode."""
+        if self.path != ":memory:" and not await self.call(Path(self.path).is_file):
+            raise ServerFailure(f"no SQLite database at {self.path}", sent=False)
+
+        def open_() -> sqlite3.Connection:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=5.0
+            )
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return conn
+
+        try:
+            return SQLiteConnection(await self.call(open_), self)
+        except sqlite3.Error as exc:
+            raise ServerFailure(f"cannot open {self.path}: {exc}", sent=False) from None
+
+    async def aclose(self) -> None:
+        """Stop the worker threads."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class SQLiteConnection:
+    """One ``sqlite3`` connection, used by one request at a time."""
+
+    def __init__(self, conn: sqlite3.Connection, connector: SQLiteConnector) -> None:
+        self._conn = conn
+        self._connector = connector
+        self._strict = connector.strict
+        self._open = True
+
+    def alive(self) -> bool:
+        """Whether the connection is open."""
+        return self._open
+
+    async def run(self, sql: str, *, rollback_on_error: bool, shape: Shape) -> Outcome:
+        """Run the batch on a worker thread, under the write lock unless it only reads."""
+        if shape.read:
+            outcome = await self._connector.call(lambda: self._run(sql, rollback_on_error))
+        else:
+            async with self._connector.write_lock:
+                outcome = await self._connector.call(lambda: self._run(sql, rollback_on_error))
+        if not shape.stateless:
+            # PRAGMAs, temporary tables and ATTACH live on the connection: start afresh.
+            await self.close()
+        return outcome
+
+    def _run(self, sql: str, rollback_on_error: bool) -> Outcome:
+        results: list[Rows | Write] = []
+        error: SqlError | None = None
+        cursor = self._conn.cursor()
+        try:
+            for statement in statements.split(sql, "sqlite"):
+                try:
+                    cursor.execute(statement)
+                    if cursor.description is None:
+                        results.append(Write(max(cursor.rowcount, 0), cursor.lastrowid or 0))
+                    else:
+                        results.append(self._rows(cursor))
+                except sqlite3.Error as exc:
+                    message = str(exc)
+                    error = SqlError(
+                        errnos.sqlite(getattr(exc, "sqlite_errorname", None), message), message
+                    )
+                    break
+                except (OverflowError, ValueError) as exc:  # e.g. an integer over 64 bits
+                    error = SqlError(errnos.UNKNOWN_ERROR, str(exc))
+                    break
+        finally:
+            cursor.close()
+        rolled_back = None
+        if error is not None and rollback_on_error:
+            try:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                rolled_back = True
+            except sqlite3.Error:
+                rolled_back = False
+        return Outcome(results, error, rolled_back)
+
+    def _rows(self, cursor: sqlite3.Cursor) -> Rows:
+        header = [d[0] for d in cursor.description]
+        rows = cursor.fetchall()
+        names = []
+        fixes: list[tuple[int, values.Fix]] = []
+        for i in range(len(header)):
+            first = next((row[i] for row in rows if row[i] is not None), None)
+            name = types.sqlite_name(first)
+            if isinstance(first, bytes):
+                if self._strict:
+                    name = "MYSQL_TYPE_TEXT"
+                fixes.append((i, values.null if self._strict else values.b64))
+            names.append(name)
+        return Rows(header, names, values.apply(rows, fixes) if fixes else rows)
+
+    async def info(self, key: str) -> Any:
+        """Answer DBSlayer's info flags with SQLite's nearest equivalents."""
+        version = sqlite3.sqlite_version
+        if key == "STAT":
+            return f"SQLite {version}  Path: {self._connector.path}"
+        if key == "CLIENT_INFO":
+            return version
+        if key in ("CLIENT_VERSION", "SERVER_VERSION"):
+            return types.version_number(version)
+        if key == "HOST_INFO":
+            return f"{self._connector.path} via SQLite"
+        raise KeyError(key)
+
+    async def ping(self) -> None:
+        """Check the file can still be read."""
+        try:
+            await self._connector.call(lambda: self._conn.execute("SELECT 1").fetchone())
+        except sqlite3.Error as exc:
+            raise ServerFailure(f"ping failed: {exc}", sent=True) from None
+
+    async def close(self) -> None:
+        """Close the connection."""
+        if self._open:
+            self._open = False
+            await self._connector.call(self._conn.close)
+
+    async def abort(self) -> None:
+        """Interrupt the running statement, then drop the connection."""
+        self._conn.interrupt()
+        self._open = False
+        conn = self._conn
+
+        def close() -> None:
+            conn.close()
+
+        task = asyncio.get_running_loop().run_in_executor(self._connector._executor, close)
+        _ = task  # the close runs once the interrupted statement has given the thread back

@@ -1,0 +1,294 @@
+"""A named database: its group of servers, their pools and health, and running a request on it.
+
+``Database.execute`` picks a server with the balancer, borrows a pooled connection, runs the SQL
+under the query timeout and reports the server's health back. A server that fails is marked down
+and its idle connections are dropped; requests still running on it are stopped, reads move to
+another server, writes fail (they may have been applied). A background probe brings a down
+server back, and also checks up servers, so that one that stops answering without closing its
+connections (a black hole) is found within ``probe_interval + connect_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from patchbay.errors import BackendUnavailable, QueryTimeout
+from patchbay.settings import DatabaseSettings, redact_url
+from patchbay.sql import statements
+from patchbay.sql.backends.base import Connection, Connector, ServerFailure
+from patchbay.sql.balancer import Balancer, Policy, retry_allowed
+from patchbay.sql.pool import Pool
+from patchbay.sql.results import Outcome
+
+log = structlog.get_logger("patchbay.sql")
+
+
+def make_connector(url: str, *, kind: str, strict: bool, settings: DatabaseSettings) -> Connector:
+    """Build the connector for one backend URL."""
+    timeout = settings.pool.connect_timeout
+    if kind == "mysql":
+        from patchbay.sql.backends.mysql import MySQLConnector
+
+        return MySQLConnector(url, strict=strict, connect_timeout=timeout)
+    if kind == "postgresql":
+        from patchbay.sql.backends.postgres import PostgresConnector
+
+        return PostgresConnector(url, strict=strict, connect_timeout=timeout)
+    from patchbay.sql.backends.sqlite import SQLiteConnector
+
+    return SQLiteConnector(url, strict=strict, threads=settings.pool.pool_size)
+
+
+class Server:
+    """One backend URL of a database: its connector, pool and the requests running on it."""
+
+    def __init__(self, index: int, connector: Connector, pool_size: int, acquire_timeout: float):
+        self.index = index
+        self.connector = connector
+        self.name = redact_url(connector.url)
+        self.pool: Pool[Connection] = Pool(
+            connector.connect,
+            _close,
+            size=pool_size,
+            acquire_timeout=acquire_timeout,
+            alive=lambda conn: conn.alive(),
+        )
+        self.running: set[asyncio.Task[Any]] = set()
+        self.evicted: set[asyncio.Task[Any]] = set()
+        self.last_error = ""
+
+
+async def _close(conn: Connection) -> None:
+    await conn.close()
+
+
+class Database:
+    """One named database: what a request's ``SERVER`` selects."""
+
+    def __init__(
+        self,
+        settings: DatabaseSettings,
+        *,
+        strict: bool,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = settings.name
+        self.kind = settings.kind
+        self.settings = settings
+        pool = settings.pool
+        self.policy = Policy(
+            strategy=pool.balance,
+            writes=pool.writes,
+            failures_to_down=pool.failures_to_down,
+            probe_interval=pool.probe_interval,
+            enabled=pool.failover,
+        )
+        self.balancer = Balancer(len(settings.urls), self.policy)
+        self.servers = [
+            Server(
+                i,
+                make_connector(url, kind=self.kind, strict=strict, settings=settings),
+                pool.pool_size,
+                pool.acquire_timeout,
+            )
+            for i, url in enumerate(settings.urls)
+        ]
+        self._clock = clock
+        self._health: asyncio.Task[None] | None = None
+        self.requests = 0
+        self.failures = 0
+        self.timeouts = 0
+        self.retries = 0
+
+    def start(self) -> None:
+        """Start the background health probe."""
+        if self._health is None:
+            self._health = asyncio.get_running_loop().create_task(self._probe_loop())
+
+    async def close(self) -> None:
+        """Stop probing and close every connection."""
+        if self._health is not None:
+            self._health.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health
+            self._health = None
+        for server in self.servers:
+            await server.pool.close()
+            await server.connector.aclose()
+
+    async def execute(self, sql: str, *, rollback_on_error: bool = False) -> Outcome:
+        """Run a request's SQL on one server of the group; see the module docstring."""
+        self.requests += 1
+        shape = statements.shape(sql, self.kind)
+        write = not shape.read
+        tried: set[int] = set()
+        while True:
+            index = self.balancer.pick(write=write, exclude=frozenset(tried))
+            if index is None:
+                raise self._unavailable()
+            server = self.servers[index]
+            try:
+                return await self._run_on(server, sql, rollback_on_error, shape)
+            except ServerFailure as failure:
+                self._server_failed(server, failure)
+                if not retry_allowed(sent=failure.sent, write=write, policy=self.policy):
+                    detail = " (the statement may have been applied)" if failure.sent else ""
+                    raise BackendUnavailable(
+                        f"server {server.index} of {self.name} failed: {failure.message}{detail}",
+                        database=self.name,
+                    ) from None
+                tried.add(index)
+                self.retries += 1
+
+    async def _run_on(self, server: Server, sql: str, rollback: bool, shape: Any) -> Outcome:
+        conn = await server.pool.acquire()
+        task = asyncio.current_task()
+        assert task is not None
+        self.balancer.begin(server.index)
+        server.running.add(task)
+        try:
+            async with asyncio.timeout(self.settings.pool.query_timeout):
+                outcome = await conn.run(sql, rollback_on_error=rollback, shape=shape)
+        except TimeoutError:
+            self.timeouts += 1
+            await server.pool.discard(conn)
+            await conn.abort()
+            raise QueryTimeout(
+                f"the query ran past {self.settings.pool.query_timeout:g} s and was cancelled",
+                database=self.name,
+            ) from None
+        except ServerFailure:
+            await server.pool.discard(conn)
+            raise
+        except asyncio.CancelledError:
+            await server.pool.discard(conn)
+            if task in server.evicted:
+                server.evicted.discard(task)
+                task.uncancel()
+                raise ServerFailure("the server went down during the request", sent=True) from None
+            raise
+        finally:
+            server.running.discard(task)
+            self.balancer.end(server.index)
+        server.pool.release(conn)
+        self.balancer.succeeded(server.index, self._clock())
+        return outcome
+
+    async def info(self, keys: list[str]) -> dict[str, Any]:
+        """Answer DBSlayer's info flags from one connection of the group."""
+        tried: set[int] = set()
+        while True:
+            index = self.balancer.pick(write=False, exclude=frozenset(tried))
+            if index is None:
+                raise self._unavailable()
+            server = self.servers[index]
+            try:
+                conn = await server.pool.acquire()
+            except ServerFailure as failure:
+                self._server_failed(server, failure)
+                tried.add(index)
+                continue
+            try:
+                answers: dict[str, Any] = {}
+                for key in keys:
+                    answers[key] = self.name if key == "SERVER_NAME" else await conn.info(key)
+            except Exception as exc:
+                await server.pool.discard(conn)
+                self._server_failed(server, ServerFailure(str(exc), sent=True))
+                tried.add(index)
+                continue
+            server.pool.release(conn)
+            return answers
+
+    def _unavailable(self) -> BackendUnavailable:
+        errors = "; ".join(f"{s.index}: {s.last_error}" for s in self.servers if s.last_error)
+        return BackendUnavailable(
+            f"no server of {self.name} is available ({errors or 'all down'})", database=self.name
+        )
+
+    def _server_failed(self, server: Server, failure: ServerFailure) -> None:
+        self.failures += 1
+        server.last_error = failure.message
+        if self.balancer.failed(server.index, self._clock()):
+            log.warning(
+                "server down", database=self.name, server=server.name, error=failure.message
+            )
+            self._evict(server)
+
+    def _evict(self, server: Server) -> None:
+        """Drop idle connections and stop the requests running on a server that went down."""
+        task = asyncio.get_running_loop().create_task(server.pool.clear())
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+        current = asyncio.current_task()
+        for running in list(server.running):
+            if running is not current and running not in server.evicted:
+                server.evicted.add(running)
+                running.cancel()
+
+    async def _probe_loop(self) -> None:
+        interval = self.policy.probe_interval
+        while True:
+            await asyncio.sleep(interval)
+            now = self._clock()
+            due = set(self.balancer.probes_due(now))
+            checks = [
+                self._probe(server)
+                for server in self.servers
+                if server.index in due or self.balancer.is_up(server.index)
+            ]
+            if self.policy.enabled and checks:
+                await asyncio.gather(*checks)
+
+    async def _probe(self, server: Server) -> None:
+        timeout = self.settings.pool.connect_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                conn = await server.connector.connect()
+                try:
+                    await conn.ping()
+                finally:
+                    await conn.close()
+        except (ServerFailure, TimeoutError, OSError) as exc:
+            message = exc.message if isinstance(exc, ServerFailure) else f"probe: {exc!r}"
+            self._server_failed(server, ServerFailure(message, sent=False))
+            return
+        if not self.balancer.is_up(server.index):
+            log.info("server up", database=self.name, server=server.name)
+            await server.pool.clear()
+        self.balancer.succeeded(server.index, self._clock())
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and per-server state for ``/v1/stats``."""
+        return {
+            "kind": self.kind,
+            "requests": self.requests,
+            "server_failures": self.failures,
+            "timeouts": self.timeouts,
+            "retries": self.retries,
+            "servers": [
+                {
+                    "url": s.name,
+                    "up": st.up,
+                    "outstanding": st.outstanding,
+                    "consecutive_failures": st.consecutive_failures,
+                    "pool": {
+                        "size": s.pool.size,
+                        "open": s.pool.open,
+                        "in_use": s.pool.in_use,
+                        "waiting": s.pool.waiting,
+                    },
+                    "last_error": s.last_error,
+                }
+                for s, st in zip(self.servers, self.balancer.states(), strict=True)
+            ],
+        }
+
+
+_BACKGROUND: set[asyncio.Task[Any]] = set()

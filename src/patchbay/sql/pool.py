@@ -1,0 +1,142 @@
+"""A small fair connection pool: a LIFO stack of idle connections and a FIFO queue of waiters.
+
+Measured on this kind of machine, a pool this simple matches asyncmy's own pool on throughput
+and cuts p99 from about 21 ms to 5 ms, because waiters are served strictly in arrival order
+(``python-stack-ceiling.md``). It also has to do what driver pools do not agree on: a deadline
+for acquiring, a deadline for connecting, and dropping every idle connection at once when the
+server is found dead. Connections are opened lazily up to ``size``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Generic, TypeVar
+
+from patchbay.errors import PoolExhausted
+
+C = TypeVar("C")
+
+
+class Pool(Generic[C]):
+    """Up to ``size`` connections made by ``connect`` and ended by ``close``."""
+
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[C]],
+        close: Callable[[C], Coroutine[Any, Any, None]],
+        *,
+        size: int,
+        acquire_timeout: float,
+        alive: Callable[[C], bool] = lambda _: True,
+    ) -> None:
+        self._connect = connect
+        self._close = close
+        self._alive = alive
+        self.size = size
+        self.acquire_timeout = acquire_timeout
+        self._idle: list[C] = []
+        self._waiters: collections.deque[asyncio.Future[C | None]] = collections.deque()
+        self.open = 0  # connections that exist or are being opened
+        self._closed = False
+
+    @property
+    def in_use(self) -> int:
+        """Connections lent out right now."""
+        return self.open - len(self._idle)
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a connection."""
+        return len(self._waiters)
+
+    async def acquire(self) -> C:
+        """Lend a connection, opening one if the pool is not full, else wait for one.
+
+        Raises ``PoolExhausted`` after ``acquire_timeout``; a connect error propagates.
+        """
+        while self._idle:
+            conn = self._idle.pop()
+            if self._alive(conn):
+                return conn
+            await self._discard(conn)
+        if self.open < self.size:
+            return await self._open()
+        waiter: asyncio.Future[C | None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            handed: C | None = await asyncio.wait_for(waiter, self.acquire_timeout)
+        except TimeoutError:
+            raise PoolExhausted(
+                f"no connection came free within {self.acquire_timeout:g} s", size=self.size
+            ) from None
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+        if handed is None:  # a slot was handed over: open a new connection in it
+            return await self._open(counted=True)
+        return handed
+
+    def release(self, conn: C) -> None:
+        """Return a healthy connection to the pool."""
+        if self._closed:
+            self._spawn_close(conn)
+            self.open -= 1
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        self._idle.append(conn)
+
+    async def discard(self, conn: C) -> None:
+        """Close a connection that must not be reused and free its slot."""
+        await self._discard(conn)
+
+    async def clear(self) -> None:
+        """Close every idle connection (the server was found dead or restarted)."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await self._discard(conn)
+
+    async def close(self) -> None:
+        """Close the pool: idle connections now, lent ones when they come back."""
+        self._closed = True
+        await self.clear()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.cancel()
+
+    async def _open(self, *, counted: bool = False) -> C:
+        if not counted:
+            self.open += 1
+        try:
+            return await self._connect()
+        except BaseException:
+            self._free_slot()
+            raise
+
+    async def _discard(self, conn: C) -> None:
+        self._free_slot()
+        with contextlib.suppress(Exception):  # a connection being thrown away may fail to close
+            await self._close(conn)
+
+    def _free_slot(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # hand the slot over: the waiter opens a connection
+                return
+        self.open -= 1
+
+    def _spawn_close(self, conn: C) -> None:
+        task = asyncio.get_running_loop().create_task(self._close(conn))
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+
+
+_BACKGROUND: set[asyncio.Task[None]] = set()
