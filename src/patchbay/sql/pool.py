@@ -75,6 +75,9 @@ class Pool(Generic[C]):
         finally:
             if not waiter.done():
                 waiter.cancel()
+            if waiter.cancelled():
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
         if handed is None:  # a slot was handed over: open a new connection in it
             return await self._open(counted=True)
         return handed

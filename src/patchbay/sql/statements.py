@@ -23,10 +23,12 @@ from sqlglot.tokens import TokenType  # type: ignore[attr-defined]
 _FAST_READ: Final = re.compile(r"\s*(?:select|show|describe|desc|explain|values)\b", re.I)
 _FAST_STATELESS_WRITE: Final = re.compile(r"\s*(?:insert|update|delete|replace)\b", re.I)
 _RISKY: Final = re.compile(
-    r"[;@#$]|--|/\*|\binto\b|\bfor\s+(?:update|share|no|key)\b|\block\b|\bget_lock\b"
+    r"[;@#$]|--|/\*|\bfor\s+(?:update|share|no|key)\b|\block\b|\bget_lock\b"
     r"|\bnextval\b|\bsetval\b|\blast_insert_id\s*\(\s*[^)\s]",
     re.I,
 )
+
+_INTO: Final = re.compile(r"\binto\b", re.I)
 
 _READ_TOKENS: Final = frozenset(
     {TokenType.SELECT, TokenType.SHOW, TokenType.DESCRIBE, TokenType.VALUES}
@@ -34,9 +36,7 @@ _READ_TOKENS: Final = frozenset(
 _STATELESS_TOKENS: Final = _READ_TOKENS | frozenset(
     {TokenType.INSERT, TokenType.UPDATE, TokenType.DELETE, TokenType.REPLACE}
 )
-_RISKY_WORDS: Final = frozenset(
-    {"INTO", "LOCK", "GET_LOCK", "NEXTVAL", "SETVAL", "LAST_INSERT_ID", "SLEEP_LOCK"}
-)
+_RISKY_WORDS: Final = frozenset({"LOCK", "GET_LOCK", "NEXTVAL", "SETVAL", "LAST_INSERT_ID"})
 DIALECTS: Final = {"mysql": "mysql", "postgresql": "postgres", "sqlite": "sqlite"}
 
 
@@ -59,7 +59,7 @@ UNKNOWN: Final = Shape(read=False, stateless=False)
 def shape(sql: str, dialect: str) -> Shape:
     """Classify ``sql`` for the given backend kind (``mysql``, ``postgresql``, ``sqlite``)."""
     if _RISKY.search(sql) is None:
-        if _FAST_READ.match(sql):
+        if _FAST_READ.match(sql) and _INTO.search(sql) is None:
             return Shape(read=True, stateless=True)
         if _FAST_STATELESS_WRITE.match(sql):
             return Shape(read=False, stateless=True)
@@ -78,6 +78,7 @@ def _lexed_shape(sql: str, dialect: str) -> Shape:
             t.token_type == TokenType.PARAMETER
             or t.text.upper() in _RISKY_WORDS
             or (t.token_type == TokenType.FOR and i + 1 < len(tokens))
+            or (t.token_type == TokenType.INTO and first == TokenType.SELECT)
             for i, t in enumerate(tokens)
         )
         if risky or first not in _READ_TOKENS:
