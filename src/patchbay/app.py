@@ -50,7 +50,7 @@ class App:
             stats=self.stats,
             strict=strict,
             max_request_bytes=settings.server.max_request_bytes,
-            args=" ".join(redact_url(a) for a in sys.argv),
+            args=redacted_args(sys.argv),
             shutdown=shutdown or request_shutdown,
         )
         self.token = settings.server.token.encode()
@@ -185,6 +185,34 @@ class App:
             "total_requests": self.stats.total_requests,
             "databases": {name: db.stats() for name, db in self.databases.items()},
         }
+
+
+SECRET_FLAGS = ("--token",)
+
+
+def redacted_args(argv: list[str]) -> str:
+    """The command line for ``/stats/args``, with passwords and tokens replaced by ``***``."""
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append("***")
+            hide_next = False
+            continue
+        flag, eq, _ = arg.partition("=")
+        if flag in SECRET_FLAGS:
+            out.append(f"{flag}=***" if eq else arg)
+            hide_next = not eq
+            continue
+        out.append(",".join(_redact_part(part) for part in arg.split(",")) if "://" in arg else arg)
+    return " ".join(out)
+
+
+def _redact_part(part: str) -> str:
+    name, eq, url = part.partition("=")
+    if eq and "://" in url and "://" not in name:
+        return f"{name}={redact_url(url)}"
+    return redact_url(part)
 
 
 def _same(a: bytes, b: bytes) -> bool:

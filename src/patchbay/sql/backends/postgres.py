@@ -141,7 +141,9 @@ class PostgresConnection:
                 except asyncpg.PostgresError:
                     rolled_back = False
             if not shape.stateless:
+                # reset() rolls back and undoes SET, LISTEN and advisory locks, not temp tables.
                 await conn.reset()
+                await conn.execute("DISCARD TEMP")
         except LINK_ERRORS as exc:
             raise ServerFailure(f"lost connection: {exc}", sent=True) from None
         return Outcome(results, error, rolled_back)
