@@ -236,5 +236,10 @@ def create_app(settings: Settings) -> App:
 
 def app_from_environment() -> App:
     """Factory for worker processes: settings come from the serving process's environment."""
+    from patchbay import logs, server
+
     payload = orjson.loads(os.environ["PATCHBAY_SERVE_ARGS"])
-    return App(settings_module.load(payload["config"], overrides=payload["overrides"]))
+    settings = settings_module.load(payload["config"], overrides=payload["overrides"])
+    logs.configure(settings.server.log_level)
+    server.configure_protocol(settings)
+    return App(settings)

@@ -89,26 +89,21 @@ class DeadlineProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def protocol_for(settings: Settings) -> type[DeadlineProtocol]:
-    """A protocol class carrying this server's limits."""
-    return type(
-        "PatchbayProtocol",
-        (DeadlineProtocol,),
-        {
-            "receive_timeout": settings.server.receive_timeout,
-            "max_url_bytes": settings.server.max_request_bytes + URL_SLACK,
-        },
-    )
+def configure_protocol(settings: Settings) -> None:
+    """Set this process's request limits (worker processes call it from the app factory)."""
+    DeadlineProtocol.receive_timeout = settings.server.receive_timeout
+    DeadlineProtocol.max_url_bytes = settings.server.max_request_bytes + URL_SLACK
 
 
 def serve(settings: Settings, *, config_file: str | None, overrides: dict[str, Any]) -> None:
     """Run the server until SIGTERM, SIGINT or ``/shutdown``."""
     server = settings.server
     os.environ["PATCHBAY_SUPERVISOR_PID"] = str(os.getpid())
+    configure_protocol(settings)
     common: dict[str, Any] = {
         "host": server.host,
         "port": server.port,
-        "http": protocol_for(settings),
+        "http": DeadlineProtocol,
         "loop": "uvloop",
         "lifespan": "on",
         "access_log": server.access_log,

@@ -223,3 +223,14 @@ def test_token_is_required_when_set(serve: Start) -> None:
     args = server.get("/stats/args", headers={"Authorization": "Bearer s3cret"})
     assert args.status_code == 200 and b"--token ***" in args.content
     assert b"s3cret" not in args.content
+
+
+def test_shutdown_stops_every_worker(serve: Start) -> None:
+    """With --workers 2, /shutdown from loopback stops the supervisor and both workers."""
+    server = serve(["--workers", "2"])
+    for _ in range(4):
+        still_serving(server)
+    assert server.get("/shutdown").text == "going down"
+    server.proc.wait(20)
+    with pytest.raises(OSError, match="refused"):
+        socket.create_connection(("127.0.0.1", server.port), timeout=2)
