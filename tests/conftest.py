@@ -109,7 +109,8 @@ class Served:
 
     def get(self, path: str, **kwargs: object) -> httpx.Response:
         """GET a path of the server."""
-        return httpx.get(self.url + path, timeout=30, **kwargs)  # type: ignore[arg-type]
+        kwargs.setdefault("timeout", 30)
+        return httpx.get(self.url + path, **kwargs)  # type: ignore[arg-type]
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL)."""

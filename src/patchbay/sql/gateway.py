@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from patchbay.errors import BackendUnavailable, QueryTimeout
+from patchbay.errors import BackendUnavailable, PoolExhausted, QueryTimeout
 from patchbay.settings import DatabaseSettings, redact_url
 from patchbay.sql import statements
 from patchbay.sql.backends.base import Connection, Connector, ServerFailure
@@ -60,6 +60,7 @@ class Server:
             alive=lambda conn: conn.alive(),
         )
         self.running: set[asyncio.Task[Any]] = set()
+        self.generation = 0  # bumped each time the server is marked down
         self.evicted: set[asyncio.Task[Any]] = set()
         self.last_error = ""
 
@@ -136,18 +137,28 @@ class Database:
             try:
                 return await self._run_on(server, sql, rollback_on_error, shape)
             except ServerFailure as failure:
-                self._server_failed(server, failure)
                 if not retry_allowed(sent=failure.sent, write=write, policy=self.policy):
-                    detail = " (the statement may have been applied)" if failure.sent else ""
+                    detail = (
+                        " (the statement may have been applied)" if failure.sent and write else ""
+                    )
                     raise BackendUnavailable(
                         f"server {server.index} of {self.name} failed: {failure.message}{detail}",
                         database=self.name,
                     ) from None
-                tried.add(index)
-                self.retries += 1
+            except PoolExhausted:
+                # Nothing was sent: a read may wait its turn on another server of the group.
+                if write or len(tried) + 1 >= len(self.servers):
+                    raise
+            tried.add(index)
+            self.retries += 1
 
     async def _run_on(self, server: Server, sql: str, rollback: bool, shape: Any) -> Outcome:
-        conn = await server.pool.acquire()
+        generation = server.generation
+        try:
+            conn = await server.pool.acquire()
+        except ServerFailure as failure:
+            self._server_failed(server, failure, generation)
+            raise
         task = asyncio.current_task()
         assert task is not None
         self.balancer.begin(server.index)
@@ -157,18 +168,20 @@ class Database:
                 outcome = await conn.run(sql, rollback_on_error=rollback, shape=shape)
         except TimeoutError:
             self.timeouts += 1
-            await server.pool.discard(conn)
+            server.pool.forget(conn)
             await conn.abort()
             raise QueryTimeout(
                 f"the query ran past {self.settings.pool.query_timeout:g} s and was cancelled",
                 database=self.name,
             ) from None
-        except ServerFailure:
-            await server.pool.discard(conn)
+        except ServerFailure as failure:
+            server.pool.discard(conn)
+            self._server_failed(server, failure, generation)
             raise
         except asyncio.CancelledError:
-            await server.pool.discard(conn)
+            server.pool.discard(conn)
             if task in server.evicted:
+                # The server was marked down while this ran; that failure is counted already.
                 server.evicted.discard(task)
                 task.uncancel()
                 raise ServerFailure("the server went down during the request", sent=True) from None
@@ -177,7 +190,8 @@ class Database:
             server.running.discard(task)
             self.balancer.end(server.index)
         server.pool.release(conn)
-        self.balancer.succeeded(server.index, self._clock())
+        if server.generation == generation:
+            self.balancer.succeeded(server.index, self._clock())
         return outcome
 
     async def info(self, keys: list[str]) -> dict[str, Any]:
@@ -199,7 +213,7 @@ class Database:
                 for key in keys:
                     answers[key] = self.name if key == "SERVER_NAME" else await conn.info(key)
             except Exception as exc:
-                await server.pool.discard(conn)
+                server.pool.discard(conn)
                 self._server_failed(server, ServerFailure(str(exc), sent=True))
                 tried.add(index)
                 continue
@@ -212,10 +226,16 @@ class Database:
             f"no server of {self.name} is available ({errors or 'all down'})", database=self.name
         )
 
-    def _server_failed(self, server: Server, failure: ServerFailure) -> None:
+    def _server_failed(
+        self, server: Server, failure: ServerFailure, generation: int | None = None
+    ) -> None:
+        """Count a failure, unless it belongs to a time before the server last went down."""
+        if generation is not None and generation != server.generation:
+            return
         self.failures += 1
         server.last_error = failure.message
         if self.balancer.failed(server.index, self._clock()):
+            server.generation += 1
             log.warning(
                 "server down", database=self.name, server=server.name, error=failure.message
             )
@@ -226,6 +246,7 @@ class Database:
         task = asyncio.get_running_loop().create_task(server.pool.clear())
         _BACKGROUND.add(task)
         task.add_done_callback(_BACKGROUND.discard)
+        server.pool.fail_waiters(lambda: ServerFailure("the server went down", sent=False))
         current = asyncio.current_task()
         for running in list(server.running):
             if running is not current and running not in server.evicted:
@@ -237,13 +258,15 @@ class Database:
         while True:
             await asyncio.sleep(interval)
             now = self._clock()
+            if not self.policy.enabled:
+                continue
             due = set(self.balancer.probes_due(now))
             checks = [
                 self._probe(server)
                 for server in self.servers
                 if server.index in due or self.balancer.is_up(server.index)
             ]
-            if self.policy.enabled and checks:
+            if checks:
                 await asyncio.gather(*checks)
 
     async def _probe(self, server: Server) -> None:
@@ -255,7 +278,7 @@ class Database:
                     await conn.ping()
                 finally:
                     await conn.close()
-        except (ServerFailure, TimeoutError, OSError) as exc:
+        except Exception as exc:  # any failure of a probe means the server failed
             message = exc.message if isinstance(exc, ServerFailure) else f"probe: {exc!r}"
             self._server_failed(server, ServerFailure(message, sent=False))
             return

@@ -95,9 +95,25 @@ class Pool(Generic[C]):
                 return
         self._idle.append(conn)
 
-    async def discard(self, conn: C) -> None:
-        """Close a connection that must not be reused and free its slot."""
-        await self._discard(conn)
+    def discard(self, conn: C) -> None:
+        """Free the slot of a connection that must not be reused; close it in the background.
+
+        Not awaited: a dead server may never answer a polite close.
+        """
+        self._free_slot()
+        self._spawn_close(conn)
+
+    def forget(self, conn: C) -> None:
+        """Free the slot of a connection the caller closes itself (after a timeout)."""
+        del conn
+        self._free_slot()
+
+    def fail_waiters(self, error: Callable[[], BaseException]) -> None:
+        """Wake every waiter with an error (its server went down: try another)."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(error())
 
     async def clear(self) -> None:
         """Close every idle connection (the server was found dead or restarted)."""
@@ -137,7 +153,11 @@ class Pool(Generic[C]):
         self.open -= 1
 
     def _spawn_close(self, conn: C) -> None:
-        task = asyncio.get_running_loop().create_task(self._close(conn))
+        async def close() -> None:
+            with contextlib.suppress(BaseException):
+                await self._close(conn)
+
+        task = asyncio.get_running_loop().create_task(close())
         _BACKGROUND.add(task)
         task.add_done_callback(_BACKGROUND.discard)
 

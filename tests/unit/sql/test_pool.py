@@ -77,8 +77,9 @@ async def test_discard_hands_the_slot_to_a_waiter() -> None:
     held = await pool.acquire()
     waiter = asyncio.create_task(pool.acquire())
     await asyncio.sleep(0)
-    await pool.discard(held)
+    pool.discard(held)
     fresh = await waiter
+    await asyncio.sleep(0)
     assert fresh is not held and held.closed and pool.open == 1 and len(made) == 2
 
 
@@ -114,3 +115,24 @@ async def test_connect_failure_frees_the_slot() -> None:
         with pytest.raises(OSError, match="refused"):
             await pool.acquire()
     assert pool.open == 0
+
+
+async def test_forget_frees_the_slot_without_closing() -> None:
+    """forget() frees the slot of a connection its caller closes itself."""
+    pool, _ = make_pool(size=1)
+    held = await pool.acquire()
+    pool.forget(held)
+    assert pool.open == 0 and not held.closed
+    assert await pool.acquire() is not held
+
+
+async def test_fail_waiters_wakes_them_with_the_error() -> None:
+    """Waiters for a server that went down get its error at once, not after the deadline."""
+    pool, _ = make_pool(size=1, timeout=5)
+    await pool.acquire()
+    waiter = asyncio.create_task(pool.acquire())
+    await asyncio.sleep(0)
+    pool.fail_waiters(lambda: ConnectionError("down"))
+    with pytest.raises(ConnectionError, match="down"):
+        await waiter
+    assert pool.waiting == 0

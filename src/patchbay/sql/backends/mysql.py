@@ -81,7 +81,7 @@ class MySQLConnector:
         except TimeoutError:
             message = f"connect timed out after {self.connect_timeout:g} s"
             raise ServerFailure(message, sent=False) from None
-        except (OSError, myerrors.MySQLError) as exc:
+        except (OSError, RuntimeError, myerrors.MySQLError) as exc:
             raise ServerFailure(f"cannot connect: {_message(exc)}", sent=False) from None
         return MySQLConnection(conn, self)
 

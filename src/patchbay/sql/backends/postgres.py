@@ -84,7 +84,7 @@ class PostgresConnector:
             )
         except (TimeoutError, *LINK_ERRORS, asyncpg.PostgresError) as exc:
             raise ServerFailure(
-                f"cannot connect: {exc or type(exc).__name__}", sent=False
+                f"cannot connect: {str(exc) or type(exc).__name__}", sent=False
             ) from None
         try:
             for name in TEXT_TYPES:
@@ -205,7 +205,7 @@ class PostgresConnection:
     async def ping(self) -> None:
         """Run an empty query."""
         try:
-            await self._conn.execute("")
+            await self._conn.execute("SELECT 1")
         except (*LINK_ERRORS, asyncpg.PostgresError) as exc:
             raise ServerFailure(f"ping failed: {exc}", sent=True) from None
 
