@@ -34,6 +34,7 @@ Send = Callable[[Message], Awaitable[None]]
 log = structlog.get_logger("patchbay")
 JSON = b"application/json"
 OPEN_PATHS = frozenset({"/livez", "/readyz"})
+STATS_FILE = "PATCHBAY_STATS_FILE"  # set by `patchbay serve` for every worker it starts
 
 
 class App:
@@ -43,7 +44,7 @@ class App:
         self.settings = settings
         strict = settings.server.compat == "strict"
         self.databases = {db.name: Database(db, strict=strict) for db in settings.databases}
-        self.stats = Stats()
+        self.stats = Stats(os.environ.get(STATS_FILE))
         self.started = time.time()
         self.dbslayer = routes.DBSlayer(
             self.databases,
@@ -80,6 +81,7 @@ class App:
                 self.ready = False
                 for database in self.databases.values():
                     await database.close()
+                self.stats.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -122,8 +124,9 @@ class App:
                 ],
             }
         )
-        await send({"type": "http.response.body", "body": body})
         query = scope["query_string"]
+        # Counted before the body goes out, so that a client's next request, perhaps to another
+        # worker, always sees this one in /stats.
         self.stats.record(
             client_ip=peer or "",
             request=f"{method} {path}{'?' if query else ''}{query.decode('latin-1')} HTTP/1.0",
@@ -132,6 +135,7 @@ class App:
             micros=int((time.perf_counter() - began) * 1e6),
             error=error,
         )
+        await send({"type": "http.response.body", "body": body})
 
     def _denied(self, scope: Scope, peer: str | None) -> int | None:
         """401 without the bearer token, 403 from outside the allowed networks."""

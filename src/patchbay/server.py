@@ -10,13 +10,16 @@ longer than the request size limit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from pathlib import Path
 from typing import Any
 
 import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from patchbay.app import STATS_FILE
 from patchbay.settings import Settings
 
 URL_SLACK = 16 * 1024  # room for the path and the percent-encoding of a request at the limit
@@ -100,6 +103,40 @@ def serve(settings: Settings, *, config_file: str | None, overrides: dict[str, A
     server = settings.server
     os.environ["PATCHBAY_SUPERVISOR_PID"] = str(os.getpid())
     configure_protocol(settings)
+    run_dir = Path(server.state_dir) / "run"
+    _remove_stale(run_dir)
+    stats_file = run_dir / f"stats-{os.getpid()}"
+    os.environ[STATS_FILE] = str(stats_file.resolve())
+    try:
+        _run(settings, config_file, overrides)
+    finally:
+        _remove(stats_file)
+
+
+def _remove(stats_file: Path) -> None:
+    slots = Path(str(stats_file) + ".slots")
+    for leftover in (stats_file, *slots.glob("*.lock")):
+        leftover.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        slots.rmdir()
+
+
+def _remove_stale(run_dir: Path) -> None:
+    """Remove the stats files of servers that are gone (a signal ends uvicorn without cleanup)."""
+    for path in run_dir.glob("stats-*"):
+        pid = path.name.removeprefix("stats-").removesuffix(".slots")
+        if not pid.isdigit() or path.suffix == ".slots":
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            _remove(path)
+        except PermissionError:
+            pass
+
+
+def _run(settings: Settings, config_file: str | None, overrides: dict[str, Any]) -> None:
+    server = settings.server
     common: dict[str, Any] = {
         "host": server.host,
         "port": server.port,

@@ -234,3 +234,22 @@ def test_shutdown_stops_every_worker(serve: Start) -> None:
     server.proc.wait(20)
     with pytest.raises(OSError, match="refused"):
         socket.create_connection(("127.0.0.1", server.port), timeout=2)
+
+
+def test_stats_count_every_worker(serve: Start) -> None:
+    """With --workers 2, /stats, /stats/log and /stats/error count the whole server."""
+    server = serve(["--workers", "2"])
+    before = orjson.loads(server.get("/stats").content)["total_requests"]
+    pids = set()
+    for _ in range(20):
+        still_serving(server)
+        server.get("/db?%7B%7D")  # an error, for /stats/error
+        pids.add(orjson.loads(server.get("/v1/stats").content)["pid"])
+    assert len(pids) == 2, "the requests did not reach both workers"
+    after = orjson.loads(server.get("/stats").content)["total_requests"]
+    assert after - before == 61
+    log = orjson.loads(server.get("/stats/log").content)
+    assert len(log) == min(100, after + 1)  # everything before, the last /stats included
+    assert log[-1]["request"] == "GET /stats HTTP/1.0"
+    errors = orjson.loads(server.get("/stats/error").content)
+    assert len(errors) == 20

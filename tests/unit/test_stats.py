@@ -1,6 +1,9 @@
-"""DBSlayer's /stats counters and logs with an injected clock."""
+"""DBSlayer's /stats counters and logs, shared by every process, with an injected clock."""
 
 from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
 
 from patchbay.stats import Stats
 
@@ -13,10 +16,10 @@ class Clock:
         return self.now
 
 
-def record(stats: Stats, error: str | None = None) -> None:
+def record(stats: Stats, error: str | None = None, request: str = "GET /db?x HTTP/1.0") -> None:
     stats.record(
         client_ip="127.0.0.1",
-        request="GET /db?x HTTP/1.0",
+        request=request,
         status=200,
         bytes_sent=10,
         micros=5,
@@ -48,10 +51,23 @@ def test_completed_buckets_count_hits() -> None:
     assert summary["slices"][1] - summary["slices"][0] == 60
 
 
+def test_old_buckets_are_reused_after_a_full_turn() -> None:
+    """A bucket slot reused after count buckets counts afresh, and only count are shown."""
+    clock = Clock(1_000_020)
+    stats = Stats(clock=clock, count=3)
+    record(stats)
+    clock.now += 180  # same ring position, three buckets later
+    record(stats)
+    clock.now += 60
+    assert stats.summary()["hits"] == [0, 0, 1]
+
+
 def test_log_and_error_rings_keep_the_last_hundred() -> None:
-    """Both logs are rings of 100; errors carry DBSlayer's 'ERROR: ' prefix; no CR/LF."""
-    stats = Stats(clock=Clock(1_000_000))
+    """Both logs keep the last 100; errors carry DBSlayer's 'ERROR: ' prefix; no CR/LF."""
+    clock = Clock(1_000_000)
+    stats = Stats(clock=clock)
     for i in range(150):
+        clock.now += 0.001
         record(stats, error=f"bad\n{i}" if i % 2 else None)
     assert len(stats.log) == 100
     assert len(stats.errors) == 75
@@ -64,3 +80,37 @@ def test_log_and_error_rings_keep_the_last_hundred() -> None:
         "response_code",
         "time_toservice",
     }
+
+
+def test_long_requests_are_cut_to_fit() -> None:
+    """A request line too long for its log slot is shortened, not lost."""
+    stats = Stats(clock=Clock(1_000_000))
+    record(stats, error="e" * 5000, request="GET /db?" + "x" * 5000)
+    assert stats.log[0]["request"].startswith("GET /db?xxx")
+    assert stats.errors[0]["error"].startswith("ERROR: eee")
+
+
+def _worker(path: str, n: int) -> None:
+    stats = Stats(path)
+    for _ in range(n):
+        record(stats)
+    stats.close()
+
+
+def test_processes_sharing_a_file_count_as_one_server(tmp_path: Path) -> None:
+    """Several processes on one stats file: totals and logs cover all of them."""
+    path = str(tmp_path / "stats")
+    reader = Stats(path)
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_worker, args=(path, 30 + i)) for i in range(3)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(30)
+        assert process.exitcode == 0
+    assert reader.total_requests == 30 + 31 + 32
+    assert len(reader.log) == 93
+    later = Stats(path)  # a restarted worker takes a free slot and the counts carry on
+    record(later)
+    assert reader.total_requests == 94
+    assert reader.start == later.start
