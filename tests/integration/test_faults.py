@@ -253,3 +253,35 @@ def test_stats_count_every_worker(serve: Start) -> None:
     assert log[-1]["request"] == "GET /stats HTTP/1.0"
     errors = orjson.loads(server.get("/stats/error").content)
     assert len(errors) == 20
+
+
+def test_sigterm_drains_in_flight_requests(serve: Start, mysql_url: str) -> None:
+    """SIGTERM lets a running query finish and answer before the server exits."""
+    server = serve(["--db", f"main={mysql_url}"])
+    answers: list[dict[str, object]] = []
+    slow = threading.Thread(target=lambda: answers.append(db(server, "SELECT SLEEP(1.5) AS s")))
+    slow.start()
+    time.sleep(0.5)
+    server.proc.terminate()
+    slow.join(10)
+    assert answers and answers[0]["RESULT"]["ROWS"] == [[0]]  # type: ignore[index]
+    server.proc.wait(10)
+
+
+def test_sqlite_query_timeout_and_session_reset(serve: Start, tmp_path: Path) -> None:
+    """A runaway SQLite query is interrupted; temp tables do not outlive their request."""
+    import sqlite3
+
+    path = tmp_path / "s.db"
+    sqlite3.connect(path).close()
+    server = serve(["--db", f"s=sqlite:///{path}", "--pool-size", "1", "--query-timeout", "1"])
+    began = time.monotonic()
+    runaway = db(
+        server,
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+    )
+    assert str(runaway["ERROR"]).startswith("query_timeout: ")
+    assert time.monotonic() - began < 4
+    still_serving(server)
+    db(server, "CREATE TEMP TABLE scratch (a); INSERT INTO scratch VALUES (1)")
+    assert db(server, "SELECT * FROM scratch")["MYSQL_ERRNO"] == 1146

@@ -169,3 +169,10 @@ def test_encode_picks_the_requested_form() -> None:
     body, content_type = wire.encode({"A": 1}, "yaml", strict=False)
     assert orjson.loads(body) == {"A": 1}
     assert content_type == wire.JSON_CONTENT_TYPE
+
+
+def test_unknown_keys_are_ignored() -> None:
+    """Unknown keys neither fail a request nor count as an action, as in beta-18."""
+    command = decode(b'{"SQL":"SELECT 1","COLOR":"blue"}')
+    assert wire.has_action(command) and wire.sql_of(command) == "SELECT 1"
+    assert not wire.has_action(decode(b'{"COLOR":"blue"}'))
