@@ -11,7 +11,6 @@ to the safe side: treated as a write, reset afterwards.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
@@ -20,15 +19,24 @@ import sqlglot
 from sqlglot.errors import TokenError
 from sqlglot.tokens import TokenType  # type: ignore[attr-defined]
 
-_FAST_READ: Final = re.compile(r"\s*(?:select|show|describe|desc|explain|values)\b", re.I)
-_FAST_STATELESS_WRITE: Final = re.compile(r"\s*(?:insert|update|delete|replace)\b", re.I)
-_RISKY: Final = re.compile(
-    r"[;@#$]|--|/\*|\bfor\s+(?:update|share|no|key)\b|\block\b|\bget_lock\b"
-    r"|\bnextval\b|\bsetval\b|\blast_insert_id\s*\(\s*[^)\s]",
-    re.I,
+# Plain substring tests (a regular expression with word boundaries cost 10x more): any of these
+# anywhere in the text, even inside a string literal or a longer word, sends it to the lexer.
+_RISKY: Final = (
+    ";",
+    "@",
+    "#",
+    "$",
+    "--",
+    "/*",
+    "for",
+    "lock",
+    "nextval",
+    "setval",
+    "last_insert_id",
+    "\\",
 )
-
-_INTO: Final = re.compile(r"\binto\b", re.I)
+_READ_WORDS: Final = ("select", "show", "describe", "desc", "explain", "values")
+_WRITE_WORDS: Final = ("insert", "update", "delete", "replace")
 
 _READ_TOKENS: Final = frozenset(
     {TokenType.SELECT, TokenType.SHOW, TokenType.DESCRIBE, TokenType.VALUES}
@@ -54,15 +62,21 @@ class Shape:
 
 
 UNKNOWN: Final = Shape(read=False, stateless=False)
+READ: Final = Shape(read=True, stateless=True)
+STATELESS_WRITE: Final = Shape(read=False, stateless=True)
 
 
 def shape(sql: str, dialect: str) -> Shape:
     """Classify ``sql`` for the given backend kind (``mysql``, ``postgresql``, ``sqlite``)."""
-    if _RISKY.search(sql) is None:
-        if _FAST_READ.match(sql) and _INTO.search(sql) is None:
-            return Shape(read=True, stateless=True)
-        if _FAST_STATELESS_WRITE.match(sql):
-            return Shape(read=False, stateless=True)
+    low = sql.lower()
+    for risky in _RISKY:
+        if risky in low:
+            return _lexed_shape(sql, dialect)
+    first = low.split(None, 1)[0] if low.strip() else ""
+    if first in _READ_WORDS and "into" not in low:
+        return READ
+    if first in _WRITE_WORDS:
+        return STATELESS_WRITE
     return _lexed_shape(sql, dialect)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final
-from urllib.parse import parse_qsl, unquote_to_bytes
+from urllib.parse import parse_qsl
 
 import orjson
 
@@ -77,9 +77,7 @@ def decode_db(query: bytes, *, limit: int) -> dict[str, Any]:
         raise WireError(PARSE_ERROR)
     raw = query.replace(b"+", b" ")
     if b"%" in raw:
-        if _BAD_PERCENT.search(raw):
-            raise WireError(PARSE_ERROR)
-        raw = unquote_to_bytes(raw)
+        raw = _unquote(raw)
     try:
         command = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -87,6 +85,30 @@ def decode_db(query: bytes, *, limit: int) -> dict[str, Any]:
     if not isinstance(command, dict):
         raise WireError(NOT_OBJECT)
     return command
+
+
+def _unquote(raw: bytes) -> bytes:
+    """Percent-decode, refusing a ``%`` not followed by two hex digits.
+
+    The standard library's decoder passes malformed escapes through; this one is as fast and
+    strict (it costs about as much as all of a request's JSON work).
+    """
+    parts = raw.split(b"%")
+    out = [parts[0]]
+    for part in parts[1:]:
+        byte = _HEX.get(part[:2])
+        if byte is None:
+            raise WireError(PARSE_ERROR)
+        out.append(byte)
+        out.append(part[2:])
+    return b"".join(out)
+
+
+_HEX: Final[dict[bytes, bytes]] = {
+    f"{a}{b}".encode(): bytes([int(f"{a}{b}", 16)])
+    for a in "0123456789abcdefABCDEF"
+    for b in "0123456789abcdefABCDEF"
+}
 
 
 def decode_form(query: bytes, *, limit: int) -> dict[str, Any]:
