@@ -185,7 +185,7 @@ class App:
         """Patchbay's own counters (``/v1/stats``)."""
         return {
             "uptime_seconds": round(time.time() - self.started, 3),
-            "pid": os.getpid(),
+            "pid": os.getpid(),  # counters below are this worker's; /stats counts every worker
             "total_requests": self.stats.total_requests,
             "databases": {name: db.stats() for name, db in self.databases.items()},
         }

@@ -233,3 +233,40 @@ def _claim(folder: Path) -> tuple[int, int]:
             continue
         return fd, slot
     raise RuntimeError(f"more than {SLOTS} processes share {folder}")
+
+
+class Histogram:
+    """Latencies in power-of-two microsecond buckets: cheap to record, percentiles within 2x."""
+
+    BUCKETS: Final = 26  # 1 µs .. 2**25 µs (33 s); slower lands in the last bucket
+
+    def __init__(self) -> None:
+        self.counts = [0] * self.BUCKETS
+        self.total = 0
+
+    def record(self, seconds: float) -> None:
+        """Count one latency."""
+        micros = int(seconds * 1e6)
+        self.counts[min(micros.bit_length(), self.BUCKETS - 1)] += 1
+        self.total += 1
+
+    def percentile(self, q: float) -> float | None:
+        """The upper bound, in milliseconds, of the bucket holding quantile ``q`` (0-1)."""
+        if not self.total:
+            return None
+        rank = q * self.total
+        seen = 0
+        for i, count in enumerate(self.counts):
+            seen += count
+            if seen >= rank:
+                return (1 << i) / 1000
+        return (1 << (self.BUCKETS - 1)) / 1000
+
+    def summary(self) -> dict[str, float | None]:
+        """p50, p90, p99 and p99.9 in milliseconds (upper bounds of their buckets)."""
+        return {
+            "p50_ms": self.percentile(0.5),
+            "p90_ms": self.percentile(0.9),
+            "p99_ms": self.percentile(0.99),
+            "p999_ms": self.percentile(0.999),
+        }

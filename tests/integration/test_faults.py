@@ -109,7 +109,10 @@ def test_backend_down_and_every_backend_down(serve: Start, mysql_url: str) -> No
     answer = orjson.loads(response.content)
     assert answer["ERROR"].startswith("backend_unavailable: ") and answer["SERVER"] == "gone"
     stats = orjson.loads(server.get("/v1/stats").content)
-    assert stats["databases"]["main"]["servers"][0]["up"] is False
+    main = stats["databases"]["main"]
+    assert main["servers"][0]["up"] is False and main["servers"][1]["up"] is True
+    assert main["requests"] >= 3 and main["latency"]["p50_ms"] > 0
+    assert main["servers"][1]["pool"]["open"] >= 1
     still_serving(server)
 
 

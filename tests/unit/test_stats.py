@@ -114,3 +114,18 @@ def test_processes_sharing_a_file_count_as_one_server(tmp_path: Path) -> None:
     record(later)
     assert reader.total_requests == 94
     assert reader.start == later.start
+
+
+def test_histogram_percentiles_bound_the_true_value() -> None:
+    """Percentiles are the upper bound of their power-of-two bucket: within 2x above."""
+    from patchbay.stats import Histogram
+
+    histogram = Histogram()
+    assert histogram.percentile(0.5) is None
+    for _ in range(98):
+        histogram.record(0.0003)  # 300 µs
+    histogram.record(0.020)
+    histogram.record(0.020)
+    summary = histogram.summary()
+    assert summary["p50_ms"] is not None and 0.3 <= summary["p50_ms"] < 0.6
+    assert summary["p99_ms"] is not None and 20 <= summary["p99_ms"] < 40

@@ -25,6 +25,7 @@ from patchbay.sql.backends.base import Connection, Connector, ServerFailure
 from patchbay.sql.balancer import Balancer, Policy, retry_allowed
 from patchbay.sql.pool import Pool
 from patchbay.sql.results import Outcome
+from patchbay.stats import Histogram
 
 log = structlog.get_logger("patchbay.sql")
 
@@ -106,6 +107,7 @@ class Database:
         self.failures = 0
         self.timeouts = 0
         self.retries = 0
+        self.latency = Histogram()
 
     def start(self) -> None:
         """Start the background health probe."""
@@ -126,6 +128,13 @@ class Database:
     async def execute(self, sql: str, *, rollback_on_error: bool = False) -> Outcome:
         """Run a request's SQL on one server of the group; see the module docstring."""
         self.requests += 1
+        began = time.perf_counter()
+        try:
+            return await self._execute(sql, rollback_on_error)
+        finally:
+            self.latency.record(time.perf_counter() - began)
+
+    async def _execute(self, sql: str, rollback_on_error: bool) -> Outcome:
         shape = statements.shape(sql, self.kind)
         write = not shape.read
         tried: set[int] = set()
@@ -295,6 +304,7 @@ class Database:
             "server_failures": self.failures,
             "timeouts": self.timeouts,
             "retries": self.retries,
+            "latency": self.latency.summary(),
             "servers": [
                 {
                     "url": s.name,
