@@ -1,9 +1,10 @@
-"""The ASGI application: DBSlayer's endpoints on a lean path, Patchbay's own beside them.
+"""The application: DBSlayer's endpoints on a lean path, Patchbay's own beside them.
 
-No framework sits on the ``/db`` path: a framework layer costs 18-21 % of throughput here
-(``python-stack-ceiling.md``), so requests are dispatched on their path and answered with two ASGI
-messages. Patchbay's own endpoints (``/v1/stats``, ``/livez``, ``/readyz``) use the one JSON error
-shape with real HTTP statuses.
+``App.respond`` answers one request from its method, path, query string, ``Authorization`` header
+and socket addresses; ``server.py`` calls it directly, and ``App`` is also an ASGI callable (for
+test clients and other servers). No framework sits on the ``/db`` path: a framework layer costs
+18-21 % of throughput here (``python-stack-ceiling.md``). Patchbay's own endpoints
+(``/v1/stats``, ``/livez``, ``/readyz``) use the one JSON error shape with real HTTP statuses.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from typing import Any
 import orjson
 import structlog
 
-from patchbay import settings as settings_module
-from patchbay.errors import NotFound, PatchbayError
+from patchbay.errors import Forbidden, NotFound, PatchbayError, Unauthorized
 from patchbay.settings import Settings, redact_url
 from patchbay.sql import routes
 from patchbay.sql.gateway import Database
@@ -60,8 +60,52 @@ class App:
         ]
         self.ready = False
 
+    async def start(self) -> None:
+        """Start the databases' health probes."""
+        for database in self.databases.values():
+            database.start()
+        self.ready = True
+
+    async def stop(self) -> None:
+        """Close every pool and release this process's stats slot."""
+        self.ready = False
+        for database in self.databases.values():
+            await database.close()
+        self.stats.close()
+
+    async def respond(
+        self,
+        method: str,
+        path: str,
+        query: bytes,
+        authorization: bytes | None,
+        peer: str | None,
+        local: str | None,
+    ) -> routes.Reply:
+        """Answer one HTTP request: the server layer's one entry point."""
+        began = time.perf_counter()
+        if path in routes.PATHS:
+            if method not in ("GET", "POST"):
+                reply = routes.Reply(405, routes.TEXT, b"Method Not Allowed")
+            elif (denied := self._denied(authorization, peer)) is not None:
+                body = b"Unauthorized" if denied == 401 else b"Forbidden"
+                reply = routes.Reply(denied, routes.TEXT, body)
+            else:
+                reply = await self.dbslayer.handle(path, query, peer, local)
+        else:
+            reply = self._own(path, authorization, peer)
+        self.stats.record(
+            client_ip=peer or "",
+            request=f"{method} {path}{'?' if query else ''}{query.decode('latin-1')} HTTP/1.0",
+            status=reply.status,
+            bytes_sent=len(reply.body),
+            micros=int((time.perf_counter() - began) * 1e6),
+            error=reply.error,
+        )
+        return reply
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Dispatch one ASGI connection."""
+        """ASGI entry point, for ASGI servers and test clients."""
         kind = scope["type"]
         if kind == "http":
             await self.http(scope, send)
@@ -69,82 +113,45 @@ class App:
             await self.lifespan(receive, send)
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
-        """Start the databases' probes; close every pool at shutdown."""
+        """ASGI lifespan: ``start`` and ``stop``."""
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                for database in self.databases.values():
-                    database.start()
-                self.ready = True
+                await self.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                self.ready = False
-                for database in self.databases.values():
-                    await database.close()
-                self.stats.close()
+                await self.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
     async def http(self, scope: Scope, send: Send) -> None:
-        """Answer one HTTP request."""
-        began = time.perf_counter()
-        path: str = scope["path"]
-        method: str = scope["method"]
+        """ASGI HTTP: a thin adapter over ``respond``."""
         client = scope.get("client")
-        peer = client[0] if client else None
         server = scope.get("server")
-        local = server[0] if server else None
-        error: str | None = None
-        if path in routes.PATHS:
-            if method not in ("GET", "POST"):
-                status, content_type, body = 405, routes.TEXT, b"Method Not Allowed"
-            elif (denied := self._denied(scope, peer)) is not None:
-                status, content_type, body = (
-                    denied,
-                    routes.TEXT,
-                    (b"Unauthorized" if denied == 401 else b"Forbidden"),
-                )
-            else:
-                reply = await self.dbslayer.handle(path, scope["query_string"], peer, local)
-                status, content_type, body, error = (
-                    reply.status,
-                    reply.content_type,
-                    reply.body,
-                    reply.error,
-                )
-        else:
-            status, content_type, body = self._own(path, scope, peer)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", content_type),
-                    (b"content-length", b"%d" % len(body)),
-                ],
-            }
+        authorization = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value
+        reply = await self.respond(
+            scope["method"],
+            scope["path"],
+            scope["query_string"],
+            authorization,
+            client[0] if client else None,
+            server[0] if server else None,
         )
-        query = scope["query_string"]
-        # Counted before the body goes out, so that a client's next request, perhaps to another
-        # worker, always sees this one in /stats.
-        self.stats.record(
-            client_ip=peer or "",
-            request=f"{method} {path}{'?' if query else ''}{query.decode('latin-1')} HTTP/1.0",
-            status=status,
-            bytes_sent=len(body),
-            micros=int((time.perf_counter() - began) * 1e6),
-            error=error,
-        )
-        await send({"type": "http.response.body", "body": body})
+        headers = [
+            (b"content-type", reply.content_type),
+            (b"content-length", b"%d" % len(reply.body)),
+        ]
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body})
 
-    def _denied(self, scope: Scope, peer: str | None) -> int | None:
+    def _denied(self, authorization: bytes | None, peer: str | None) -> int | None:
         """401 without the bearer token, 403 from outside the allowed networks."""
         if self.token:
-            expected = b"bearer " + self.token
-            for name, value in scope["headers"]:
-                if name == b"authorization" and _same(value.lower()[:7] + value[7:], expected):
-                    break
-            else:
+            given = authorization or b""
+            if not _same(given[:7].lower() + given[7:], b"bearer " + self.token):
                 return 401
         if self.networks and peer is not None:
             try:
@@ -155,31 +162,27 @@ class App:
                 return 403
         return None
 
-    def _own(self, path: str, scope: Scope, peer: str | None) -> tuple[int, bytes, bytes]:
+    def _own(self, path: str, authorization: bytes | None, peer: str | None) -> routes.Reply:
+        """Patchbay's own endpoints, with the one JSON error shape."""
         try:
             if path == "/livez":
-                return 200, JSON, b'{"status":"ok"}'
+                return routes.Reply(200, JSON, b'{"status":"ok"}')
             if path == "/readyz":
                 if not self.ready:
-                    return 503, JSON, b'{"status":"starting"}'
-                return 200, JSON, b'{"status":"ok"}'
+                    return routes.Reply(503, JSON, b'{"status":"starting"}')
+                return routes.Reply(200, JSON, b'{"status":"ok"}')
             if path == "/v1/stats":
-                denied = self._denied(scope, peer)
+                denied = self._denied(authorization, peer)
+                if denied == 401:
+                    raise Unauthorized("a bearer token is required")
                 if denied is not None:
-                    error: dict[str, Any] = {
-                        "error": {
-                            "code": "unauthorized" if denied == 401 else "forbidden",
-                            "message": "not allowed",
-                            "detail": {},
-                        }
-                    }
-                    return denied, JSON, orjson.dumps(error)
-                return 200, JSON, orjson.dumps(self.rich_stats())
+                    raise Forbidden("your network may not use this server")
+                return routes.Reply(200, JSON, orjson.dumps(self.rich_stats()))
             if path.startswith("/v1/"):
                 raise NotFound(f"no endpoint {path}", path=path)
         except PatchbayError as exc:
-            return exc.status, JSON, orjson.dumps(exc.to_json())
-        return 404, routes.TEXT, b"Not Found"
+            return routes.Reply(exc.status, JSON, orjson.dumps(exc.to_json()))
+        return routes.Reply(404, routes.TEXT, b"Not Found")
 
     def rich_stats(self) -> dict[str, Any]:
         """Patchbay's own counters (``/v1/stats``)."""
@@ -234,16 +237,5 @@ def request_shutdown() -> None:
 
 
 def create_app(settings: Settings) -> App:
-    """Build the application from settings."""
-    return App(settings)
-
-
-def app_from_environment() -> App:
-    """Factory for worker processes: settings come from the serving process's environment."""
-    from patchbay import logs, server
-
-    payload = orjson.loads(os.environ["PATCHBAY_SERVE_ARGS"])
-    settings = settings_module.load(payload["config"], overrides=payload["overrides"])
-    logs.configure(settings.server.log_level)
-    server.configure_protocol(settings)
+    """Build the application from settings (an ASGI callable too)."""
     return App(settings)

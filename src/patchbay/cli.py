@@ -104,7 +104,7 @@ def serve(
     logs.configure(settings.server.log_level)
     from patchbay.server import serve as run
 
-    run(settings, config_file=config_file, overrides=overrides)
+    run(settings)
 
 
 def check_exposure(settings: settings_module.Settings) -> None:

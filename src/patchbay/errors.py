@@ -9,8 +9,9 @@ own convention (HTTP 200 with ``ERROR``) and use ``dbslayer_message`` instead.
     ├── ConfigError                 bad settings file, variable or flag (never reaches HTTP)
     ├── RequestError (400)          the client's request cannot be understood
     │   └── PayloadTooLarge (413)   the request is over the size limit
-    ├── NotFound (404)
+    ├── Unauthorized (401)          a bearer token is required and was not given
     ├── Forbidden (403)
+    ├── NotFound (404)
     └── BackendError (503)          a database could not serve the request
         ├── BackendUnavailable      no server of the group accepted a connection
         ├── PoolExhausted           no pooled connection came free within the acquire timeout
@@ -63,6 +64,13 @@ class NotFound(PatchbayError):
 
     code = "not_found"
     status = 404
+
+
+class Unauthorized(PatchbayError):
+    """A bearer token is required and was missing or wrong."""
+
+    code = "unauthorized"
+    status = 401
 
 
 class Forbidden(PatchbayError):

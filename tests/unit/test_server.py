@@ -1,0 +1,177 @@
+"""The HTTP/1.1 server: keep-alive, pipelining, limits and deadlines, against a fake app."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from patchbay.server import HttpProtocol, Limits, State, drain
+from patchbay.sql.routes import TEXT, Reply
+
+Seen = list[tuple[str, str, bytes, bytes | None, str | None]]
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[int, State, Seen, asyncio.Server]]:
+    """A server whose app echoes the path and query after an optional delay."""
+    seen: Seen = []
+
+    async def respond(
+        method: str,
+        path: str,
+        query: bytes,
+        auth: bytes | None,
+        peer: str | None,
+        local: str | None,
+    ) -> Reply:
+        seen.append((method, path, query, auth, peer))
+        if path == "/slow":
+            await asyncio.sleep(0.3)
+        if path == "/boom":
+            raise RuntimeError("boom")
+        return Reply(200, TEXT, path.encode() + b"?" + query)
+
+    limits = Limits(
+        receive_timeout=0.4,
+        keep_alive_timeout=0.4,
+        max_url_bytes=200,
+        max_body_bytes=100,
+        max_connections=50,
+    )
+    state = State(respond, limits)
+    loop = asyncio.get_running_loop()
+    srv = await loop.create_server(lambda: HttpProtocol(state), "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+
+    async def sweeper() -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            state.sweep(loop.time())
+
+    task = asyncio.create_task(sweeper())
+    yield port, state, seen, srv
+    task.cancel()
+    srv.close()
+
+
+async def exchange(port: int, data: bytes, *, wait: float = 2.0) -> bytes:
+    """Send raw bytes and read until the server closes or goes quiet."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    chunks = []
+    try:
+        while True:
+            chunk = await asyncio.wait_for(reader.read(65536), wait)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except TimeoutError:
+        pass
+    writer.close()
+    return b"".join(chunks)
+
+
+async def test_one_response_per_request_with_keep_alive(
+    server: tuple[int, State, Seen, asyncio.Server],
+) -> None:
+    """A request gets status, content type, length and date in one response; keep-alive stays."""
+    port, _, seen, _ = server
+    out = await exchange(
+        port, b"GET /db?x=1 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer t\r\n\r\n", wait=0.2
+    )
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"content-type: text/plain; charset=utf-8" in head and b"content-length: 7" in head
+    assert b"date: " in head and b"connection: close" not in head
+    assert body == b"/db?x=1"
+    assert seen == [("GET", "/db", b"x=1", b"Bearer t", "127.0.0.1")]
+
+
+async def test_pipelined_requests_are_answered_in_order(
+    server: tuple[int, State, Seen, asyncio.Server],
+) -> None:
+    """Pipelined requests are answered in the order they came, the slow one included."""
+    port, *_ = server
+    out = await exchange(
+        port,
+        b"GET /slow?1 HTTP/1.1\r\nHost: a\r\n\r\nGET /fast?2 HTTP/1.1\r\nHost: a\r\n\r\n"
+        b"GET /last?3 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    bodies = [part.split(b"\r\n\r\n")[-1] for part in out.split(b"HTTP/1.1 200 OK")[1:]]
+    assert bodies == [b"/slow?1", b"/fast?2", b"/last?3"]
+
+
+async def test_http10_closes_after_the_answer(
+    server: tuple[int, State, Seen, asyncio.Server],
+) -> None:
+    """An HTTP/1.0 request without keep-alive gets connection: close and the socket closes."""
+    port, *_ = server
+    out = await exchange(port, b"GET /db?a HTTP/1.0\r\n\r\n")
+    assert b"connection: close" in out and out.endswith(b"/db?a")
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"NONSENSE\r\n\r\n", b"400"),
+        (b"GET /" + b"x" * 300 + b" HTTP/1.1\r\nHost: a\r\n\r\n", b"414"),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"y" * 70_000 + b"\r\n\r\n", b"431"),
+        (b"POST /db HTTP/1.1\r\nHost: a\r\nContent-Length: 500\r\n\r\n" + b"z" * 500, b"413"),
+    ],
+)
+async def test_bad_requests_get_an_answer_and_a_close(
+    server: tuple[int, State, Seen, asyncio.Server], request_bytes: bytes, status: bytes
+) -> None:
+    """Malformed or oversized requests get a 4xx and the connection closes; the app never sees them."""
+    port, _, seen, _ = server
+    out = await exchange(port, request_bytes)
+    assert out.startswith(b"HTTP/1.1 " + status)
+    assert seen == []
+
+
+async def test_slow_request_is_cut_at_the_deadline(
+    server: tuple[int, State, Seen, asyncio.Server],
+) -> None:
+    """Part of a request and then silence: 408 and close soon after receive_timeout."""
+    port, *_ = server
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    out = await exchange(port, b"GET /db HTTP/1.1\r\nHost:", wait=3)
+    assert out.startswith(b"HTTP/1.1 408")
+    assert loop.time() - began < 1.5
+
+
+async def test_idle_keep_alive_is_closed(server: tuple[int, State, Seen, asyncio.Server]) -> None:
+    """A keep-alive connection left idle is closed after keep_alive_timeout."""
+    port, state, *_ = server
+    out = await exchange(port, b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n", wait=3)
+    assert out.endswith(b"/a?")
+    assert not state.connections
+
+
+async def test_app_failure_is_a_500_not_a_dead_connection(
+    server: tuple[int, State, Seen, asyncio.Server],
+) -> None:
+    """An exception in the app answers 500 and the connection keeps serving."""
+    port, *_ = server
+    out = await exchange(
+        port,
+        b"GET /boom HTTP/1.1\r\nHost: a\r\n\r\nGET /ok HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    assert out.startswith(b"HTTP/1.1 500 Internal Server Error") and out.endswith(b"/ok?")
+
+
+async def test_drain_finishes_answers_in_progress(
+    server: tuple[int, State, Seen, asyncio.Server],
+) -> None:
+    """Draining lets a running request answer (with connection: close) and refuses new ones."""
+    port, state, _, srv = server
+    pending = asyncio.create_task(exchange(port, b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n"))
+    await asyncio.sleep(0.1)
+    await drain(srv, state, 5)
+    out = await pending
+    assert out.startswith(b"HTTP/1.1 200") and b"connection: close" in out
+    with pytest.raises(OSError, match=r"refused|Connect call failed"):
+        await asyncio.open_connection("127.0.0.1", port)
