@@ -103,6 +103,10 @@ class Database:
         ]
         self._clock = clock
         self._health: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._deadlines: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._loop_time = time.monotonic
         self.requests = 0
         self.failures = 0
         self.timeouts = 0
@@ -110,17 +114,38 @@ class Database:
         self.latency = Histogram()
 
     def start(self) -> None:
-        """Start the background health probe."""
+        """Start the background health probe and the query-timeout watchdog."""
+        loop = asyncio.get_running_loop()
+        self._loop_time = loop.time
         if self._health is None:
-            self._health = asyncio.get_running_loop().create_task(self._probe_loop())
+            self._health = loop.create_task(self._probe_loop())
+        if self._watchdog is None:
+            self._watchdog = loop.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        """Cancel queries past their deadline.
+
+        One sweep per interval instead of a timer per request (``asyncio.timeout`` cost a few
+        microseconds on every request); a query is cancelled at most one interval late.
+        """
+        timeout = self.settings.pool.query_timeout
+        interval = min(0.25, max(0.01, timeout / 10))
+        while True:
+            await asyncio.sleep(interval)
+            now = self._loop_time()
+            for task, deadline in list(self._deadlines.items()):
+                if now >= deadline and task not in self._expired:
+                    self._expired.add(task)
+                    task.cancel()
 
     async def close(self) -> None:
         """Stop probing and close every connection."""
-        if self._health is not None:
-            self._health.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health
-            self._health = None
+        for task in (self._health, self._watchdog):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._health = self._watchdog = None
         for server in self.servers:
             await server.pool.close()
             await server.connector.aclose()
@@ -172,22 +197,24 @@ class Database:
         assert task is not None
         self.balancer.begin(server.index)
         server.running.add(task)
+        self._deadlines[task] = self._loop_time() + self.settings.pool.query_timeout
         try:
-            async with asyncio.timeout(self.settings.pool.query_timeout):
-                outcome = await conn.run(sql, rollback_on_error=rollback, shape=shape)
-        except TimeoutError:
-            self.timeouts += 1
-            server.pool.forget(conn)
-            await conn.abort()
-            raise QueryTimeout(
-                f"the query ran past {self.settings.pool.query_timeout:g} s and was cancelled",
-                database=self.name,
-            ) from None
+            outcome = await conn.run(sql, rollback_on_error=rollback, shape=shape)
         except ServerFailure as failure:
             server.pool.discard(conn)
             self._server_failed(server, failure, generation)
             raise
         except asyncio.CancelledError:
+            if task in self._expired:
+                self._expired.discard(task)
+                task.uncancel()
+                self.timeouts += 1
+                server.pool.forget(conn)
+                await conn.abort()
+                raise QueryTimeout(
+                    f"the query ran past {self.settings.pool.query_timeout:g} s and was cancelled",
+                    database=self.name,
+                ) from None
             server.pool.discard(conn)
             if task in server.evicted:
                 # The server was marked down while this ran; that failure is counted already.
@@ -196,6 +223,7 @@ class Database:
                 raise ServerFailure("the server went down during the request", sent=True) from None
             raise
         finally:
+            del self._deadlines[task]
             server.running.discard(task)
             self.balancer.end(server.index)
         server.pool.release(conn)

@@ -20,12 +20,16 @@ def decimal(text: Any) -> Any:
     """Write a DECIMAL as a JSON number when that loses nothing, else as its exact text.
 
     A number is used when the shortest form of the nearest double reads back as the same decimal
-    (``"12.50"`` → ``12.5``); ``"12345678901234567.89"`` stays a string.
+    (``"12.50"`` → ``12.5``); ``"12345678901234567.89"`` stays a string. Drivers call it for every
+    value (asyncmy ``conv``, an asyncpg codec), so the common case is one length test: a decimal
+    of at most 15 significant digits always survives the trip through a double.
     """
     if text is None:
         return None
     if isinstance(text, bytes):
         text = text.decode("ascii")
+    if len(text) < 16 and text[-1:].isdigit():
+        return float(text)
     try:
         number = float(text)
     except ValueError:
@@ -75,8 +79,6 @@ def mysql_fix(code: int, charset: int, *, strict: bool) -> Fix | None:
         if binary and code not in types.INTEGER_CODES | types.FLOAT_CODES:
             return latin1
         return None
-    if code in types.DECIMAL_CODES:
-        return decimal
     if binary and (code in types.BLOB_CODES or code in (16, 253, 254, 255)):
         return b64
     return None

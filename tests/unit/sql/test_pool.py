@@ -136,3 +136,17 @@ async def test_fail_waiters_wakes_them_with_the_error() -> None:
     with pytest.raises(ConnectionError, match="down"):
         await waiter
     assert pool.waiting == 0
+
+
+async def test_cancelled_waiter_never_leaks_a_connection() -> None:
+    """A waiter cancelled just as a connection is handed to it gives the connection back."""
+    pool, _ = make_pool(size=1, timeout=5)
+    held = await pool.acquire()
+    waiter = asyncio.create_task(pool.acquire())
+    await asyncio.sleep(0)
+    pool.release(held)  # handed to the waiter...
+    waiter.cancel()  # ...which is cancelled before it runs
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert await pool.acquire() is held
+    assert pool.open == 1 and pool.waiting == 0

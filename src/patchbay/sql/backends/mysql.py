@@ -3,8 +3,8 @@
 Values are converted inside the driver (``conv``): integers become ``int``, floating-point
 columns ``float``, everything else stays the server's text, so no ``Decimal`` or ``datetime`` is
 ever built. In strict mode BIGINT and DECIMAL become ``float`` too, exactly as DBSlayer beta-18
-prints them; in the default mode BIGINT stays exact and DECIMAL keeps its text until
-``values.decimal`` decides how to write it. All statements of a request go to the server in one
+prints them; in the default mode BIGINT stays exact and ``values.decimal``, called by the driver,
+decides how to write each DECIMAL. All statements of a request go to the server in one
 ``COM_QUERY`` (asyncmy always sets ``CLIENT_MULTI_STATEMENTS``) and results are read in order.
 asyncmy has no public API for result metadata, ``COM_STATISTICS`` or ``COM_RESET_CONNECTION``,
 so this module reaches into ``conn._result`` and ``conn._execute_command``; the tests pin them.
@@ -39,8 +39,7 @@ def _conv(strict: bool) -> dict[int, Callable[[Any], Any]]:
     conv: dict[int, Callable[[Any], Any]] = {code: int for code in types.INTEGER_CODES}
     conv.update({code: float for code in types.FLOAT_CODES})
     conv[types.LONGLONG] = float if strict else int
-    if strict:
-        conv.update({code: float for code in types.DECIMAL_CODES})
+    conv.update({code: float if strict else values.decimal for code in types.DECIMAL_CODES})
     return conv
 
 

@@ -95,7 +95,7 @@ class PostgresConnector:
                 "numeric",
                 schema="pg_catalog",
                 encoder=str,
-                decoder=float if self.strict else str,
+                decoder=float if self.strict else values.decimal,
                 format="text",
             )
         except (*LINK_ERRORS, asyncpg.PostgresError) as exc:
@@ -174,8 +174,6 @@ class PostgresConnection:
                 fixes.append((i, _to_int))
             elif name == "bytea":
                 fixes.append((i, values.null if self._strict else values.b64))
-            elif name == "numeric" and not self._strict:
-                fixes.append((i, values.decimal))
             elif name == "int8" and self._strict:
                 fixes.append((i, float))
         return fixes
