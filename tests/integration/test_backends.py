@@ -161,3 +161,14 @@ def test_python_form_reads_back_with_literal_eval(serve: Start) -> None:
     command = json.dumps({"SQL": "SELECT 'é' AS a", "FORMAT": "python"})
     value = ast.literal_eval(server.get("/db?" + quote(command)).text)
     assert value["RESULT"]["ROWS"] == [["é"]]
+
+
+def test_sqlite_long_read_moves_off_the_event_loop(serve: Start) -> None:
+    """A read too long to run inline is interrupted and run again on a thread, correctly."""
+    server = serve([])
+    answer = db(
+        server,
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 300000)"
+        " SELECT count(*), sum(x) FROM c",
+    )
+    assert answer["RESULT"]["ROWS"] == [[300000, 45000150000]]

@@ -1,7 +1,8 @@
 """SQLite, the embedded default, through the standard library's ``sqlite3`` on worker threads.
 
-Each pooled connection runs its statements on a thread of the connector's executor, so the event
-loop never blocks. The database is opened in WAL mode: readers run concurrently, while a request
+A read first runs on the event loop's thread under a progress handler that stops it after half a
+millisecond; a read that needs longer, and every write, runs on a thread of the connector's
+executor, so the event loop is never held longer than that. The database is opened in WAL mode: readers run concurrently, while a request
 that may write holds the connector's write lock, so writers queue in order instead of failing
 with ``SQLITE_BUSY``. A batch is split with the SQL lexer (``statements.split``). A query past its
 timeout is stopped with ``sqlite3_interrupt`` and its connection dropped.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +27,8 @@ from patchbay.sql.statements import Shape
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS: Final = 5000
+INLINE_BUDGET: Final = 0.0005  # seconds a read may hold the event loop before moving to a thread
+PROGRESS_STEPS: Final = 2000  # SQLite VM steps between budget checks
 
 
 def sqlite_path(url: str) -> str:
@@ -99,9 +103,11 @@ class SQLiteConnection:
         return self._open
 
     async def run(self, sql: str, *, rollback_on_error: bool, shape: Shape) -> Outcome:
-        """Run the batch on a worker thread, under the write lock unless it only reads."""
+        """Run a read inline if it is quick, else on a worker thread (writes under the lock)."""
         if shape.read:
-            outcome = await self._connector.call(lambda: self._run(sql, rollback_on_error))
+            outcome = self._run_inline(sql, rollback_on_error)
+            if outcome is None:
+                outcome = await self._connector.call(lambda: self._run(sql, rollback_on_error))
         else:
             async with self._connector.write_lock:
                 outcome = await self._connector.call(lambda: self._run(sql, rollback_on_error))
@@ -109,6 +115,29 @@ class SQLiteConnection:
             # PRAGMAs, temporary tables and ATTACH live on the connection: start afresh.
             await self.close()
         return outcome
+
+    def _run_inline(self, sql: str, rollback_on_error: bool) -> Outcome | None:
+        """Try a read on the event loop's thread within ``INLINE_BUDGET``; ``None`` if too slow.
+
+        A thread hop costs 5-10x a point lookup here (``docs/benchmarks.md``), so a read first
+        runs inline under a progress handler that interrupts it once the budget is spent; the
+        loop is never held longer than that, and the interrupted read (reads have no effects)
+        runs again on a worker thread.
+        """
+        deadline = time.perf_counter() + INLINE_BUDGET
+        over = False
+
+        def budget() -> int:
+            nonlocal over
+            over = time.perf_counter() > deadline
+            return int(over)
+
+        self._conn.set_progress_handler(budget, PROGRESS_STEPS)
+        try:
+            outcome = self._run(sql, rollback_on_error)
+        finally:
+            self._conn.set_progress_handler(None, 0)
+        return None if over else outcome
 
     def _run(self, sql: str, rollback_on_error: bool) -> Outcome:
         results: list[Rows | Write] = []
