@@ -11,6 +11,7 @@ from any monotonic clock) as an argument and the caller owns the probing and the
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
@@ -92,7 +93,7 @@ class Balancer:
         """The policy this balancer follows."""
         return self._policy
 
-    def pick(self, *, write: bool, exclude: frozenset[int] = frozenset()) -> int | None:
+    def pick(self, *, write: bool, exclude: Collection[int] = ()) -> int | None:
         """Choose a server for a request, or None when every server is excluded.
 
         Only servers that are up and not in ``exclude`` are considered. Reads (and writes when
@@ -101,6 +102,8 @@ class Balancer:
         When every non-excluded server is down, the one that has been down longest is returned
         as a last-resort try.
         """
+        if len(self._servers) == 1 and not exclude:  # the common case, on every request
+            return 0
         if not self._policy.enabled:
             if write:
                 return None if 0 in exclude else 0

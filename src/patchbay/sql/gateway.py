@@ -164,7 +164,7 @@ class Database:
         write = not shape.read
         tried: set[int] = set()
         while True:
-            index = self.balancer.pick(write=write, exclude=frozenset(tried))
+            index = self.balancer.pick(write=write, exclude=tried)
             if index is None:
                 raise self._unavailable()
             server = self.servers[index]
@@ -235,7 +235,7 @@ class Database:
         """Answer DBSlayer's info flags from one connection of the group."""
         tried: set[int] = set()
         while True:
-            index = self.balancer.pick(write=False, exclude=frozenset(tried))
+            index = self.balancer.pick(write=False, exclude=tried)
             if index is None:
                 raise self._unavailable()
             server = self.servers[index]
