@@ -107,6 +107,7 @@ class Database:
         self._deadlines: dict[asyncio.Task[Any], float] = {}
         self._expired: set[asyncio.Task[Any]] = set()
         self._loop_time = time.monotonic
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.requests = 0
         self.failures = 0
         self.timeouts = 0
@@ -115,7 +116,7 @@ class Database:
 
     def start(self) -> None:
         """Start the background health probe and the query-timeout watchdog."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._loop_time = loop.time
         if self._health is None:
             self._health = loop.create_task(self._probe_loop())
@@ -193,7 +194,7 @@ class Database:
         except ServerFailure as failure:
             self._server_failed(server, failure, generation)
             raise
-        task = asyncio.current_task()
+        task = asyncio.current_task(self._loop)  # an explicit loop saves a getpid() on 3.11
         assert task is not None
         self.balancer.begin(server.index)
         server.running.add(task)

@@ -41,6 +41,7 @@ class Pool(Generic[C]):
         self._waiters: collections.deque[asyncio.Future[C | None]] = collections.deque()
         self.open = 0  # connections that exist or are being opened
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def in_use(self) -> int:
@@ -64,7 +65,10 @@ class Pool(Generic[C]):
             await self._discard(conn)
         if self.open < self.size:
             return await self._open()
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            # Cached: on Python 3.11 every get_running_loop() makes a getpid() system call.
+            loop = self._loop = asyncio.get_running_loop()
         waiter: asyncio.Future[C | None] = loop.create_future()
         self._waiters.append(waiter)
         # A timer handle, not asyncio.wait_for: at high concurrency most requests wait here, and

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from patchbay.errors import PatchbayError
 from patchbay.sql import wire
@@ -33,8 +32,7 @@ PATHS: Final = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(NamedTuple):
     """An HTTP answer; ``error`` is what ``/stats/error`` should record, if anything."""
 
     status: int
