@@ -119,17 +119,19 @@ class DBSlayer:
                 out["SERVER"] = database.name
                 if outcome.error is not None:
                     error = outcome.error.message
-            keys = [k for k in wire.INFO_FLAGS if wire.flag(command, k)]
-            if keys:
-                out.update(await database.info(keys))
+            if len(command) > 1:  # a lone SQL key, the usual request, has no flags to read
+                keys = [k for k in wire.INFO_FLAGS if wire.flag(command, k)]
+                if keys:
+                    out.update(await database.info(keys))
         except PatchbayError as exc:
             error = f"{exc.code}: {exc.message}"
             out["ERROR"] = error
             out["SERVER"] = database.name
-        if wire.flag(command, "SLAYER_HELP"):
-            out["SLAYER_HELP"] = wire.SLAYER_HELP
-        if wire.flag(command, "SLAYER_DEBUG_RETURN_INPUT"):
-            out["SLAYER_DEBUG_RETURN_INPUT"] = command
+        if len(command) > 1:
+            if wire.flag(command, "SLAYER_HELP"):
+                out["SLAYER_HELP"] = wire.SLAYER_HELP
+            if wire.flag(command, "SLAYER_DEBUG_RETURN_INPUT"):
+                out["SLAYER_DEBUG_RETURN_INPUT"] = command
         return self._reply(out, form, error=error)
 
     def _reply(self, value: Any, form: object, *, error: str | None = None) -> Reply:
