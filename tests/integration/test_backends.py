@@ -172,3 +172,20 @@ def test_sqlite_long_read_moves_off_the_event_loop(serve: Start) -> None:
         " SELECT count(*), sum(x) FROM c",
     )
     assert answer["RESULT"]["ROWS"] == [[300000, 45000150000]]
+
+
+def test_flags_alone_and_beside_sql(serve: Start) -> None:
+    """A lone info flag answers; flags beside SQL answer with the result; help and echo work."""
+    server = serve([])
+    assert db_raw(server, {"SERVER_NAME": True}) == {"SERVER_NAME": "demo"}
+    both = db_raw(server, {"SQL": "SELECT 1 AS a", "SERVER_NAME": True, "SLAYER_HELP": True})
+    assert both["SERVER_NAME"] == "demo" and both["RESULT"]["ROWS"] == [[1]]
+    assert "SQL" in both["SLAYER_HELP"]
+    echo = db_raw(server, {"SLAYER_DEBUG_RETURN_INPUT": True, "X": 1})
+    assert echo == {"SLAYER_DEBUG_RETURN_INPUT": {"SLAYER_DEBUG_RETURN_INPUT": True, "X": 1}}
+
+
+def db_raw(server: Served, command: dict[str, Any]) -> dict[str, Any]:
+    """Send a whole command object to /db."""
+    result: dict[str, Any] = orjson.loads(server.get("/db?" + quote(json.dumps(command))).content)
+    return result

@@ -110,6 +110,7 @@ class DBSlayer:
         out: dict[str, Any] = {}
         error: str | None = None
         sql = wire.sql_of(command)
+        flags = sql is None or len(command) > 1
         try:
             if sql is not None:
                 outcome = await database.execute(
@@ -119,7 +120,7 @@ class DBSlayer:
                 out["SERVER"] = database.name
                 if outcome.error is not None:
                     error = outcome.error.message
-            if len(command) > 1:  # a lone SQL key, the usual request, has no flags to read
+            if flags:  # a lone SQL key, the usual request, has no flags to read
                 keys = [k for k in wire.INFO_FLAGS if wire.flag(command, k)]
                 if keys:
                     out.update(await database.info(keys))
@@ -127,7 +128,7 @@ class DBSlayer:
             error = f"{exc.code}: {exc.message}"
             out["ERROR"] = error
             out["SERVER"] = database.name
-        if len(command) > 1:
+        if flags:
             if wire.flag(command, "SLAYER_HELP"):
                 out["SLAYER_HELP"] = wire.SLAYER_HELP
             if wire.flag(command, "SLAYER_DEBUG_RETURN_INPUT"):
