@@ -9,10 +9,35 @@ request that provably never did may be moved to another server).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
 
 from patchbay.sql.results import Outcome
 from patchbay.sql.statements import Shape
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Where a network database server is and who to log in as, from its URL."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str | None
+
+    @classmethod
+    def parse(cls, url: str, *, port: int, user: str) -> Address:
+        """Read ``scheme://user:password@host:port/database`` with the given defaults."""
+        parts = urlsplit(url)
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or port,
+            user=unquote(parts.username or user),
+            password=unquote(parts.password or ""),
+            database=unquote(parts.path.lstrip("/")) or None,
+        )
 
 
 class ServerFailure(Exception):

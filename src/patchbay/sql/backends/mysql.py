@@ -16,13 +16,12 @@ import asyncio
 import importlib.metadata
 from collections.abc import Callable, Sequence
 from typing import Any, Final
-from urllib.parse import unquote, urlsplit
 
 import asyncmy
 from asyncmy import errors as myerrors
 
 from patchbay.sql import types, values
-from patchbay.sql.backends.base import ServerFailure
+from patchbay.sql.backends.base import Address, ServerFailure
 from patchbay.sql.results import Outcome, Rows, SqlError, Write
 from patchbay.sql.statements import Shape
 
@@ -49,13 +48,9 @@ class MySQLConnector:
     kind = "mysql"
 
     def __init__(self, url: str, *, strict: bool, connect_timeout: float) -> None:
-        parts = urlsplit(url)
         self.url = url
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 3306
-        self.user = unquote(parts.username or "root")
-        self.password = unquote(parts.password or "")
-        self.database = unquote(parts.path.lstrip("/")) or None
+        self.address = Address.parse(url, port=3306, user="root")
+        self.database = self.address.database
         self.strict = strict
         self.connect_timeout = connect_timeout
         self._conv = _conv(strict)
@@ -65,11 +60,11 @@ class MySQLConnector:
         try:
             conn = await asyncio.wait_for(
                 asyncmy.connect(
-                    host=self.host,
-                    port=self.port,
-                    user=self.user,
-                    password=self.password,
-                    database=self.database,
+                    host=self.address.host,
+                    port=self.address.port,
+                    user=self.address.user,
+                    password=self.address.password,
+                    database=self.address.database,
                     autocommit=True,
                     conv=self._conv,
                     charset="utf8mb4",
@@ -190,7 +185,7 @@ class MySQLConnection:
         if key == "CLIENT_VERSION":
             return types.version_number(CLIENT_VERSION)
         if key == "HOST_INFO":
-            return f"{self._connector.host} via TCP/IP"
+            return f"{self._connector.address.host} via TCP/IP"
         if key == "SERVER_VERSION":
             return types.version_number(conn.get_server_info())
         raise KeyError(key)

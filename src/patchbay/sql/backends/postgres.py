@@ -12,13 +12,12 @@ import asyncio
 import importlib.metadata
 from collections.abc import Sequence
 from typing import Any, Final
-from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
 from patchbay.sql import statements, types, values
 from patchbay.sql.backends import errnos
-from patchbay.sql.backends.base import ServerFailure
+from patchbay.sql.backends.base import Address, ServerFailure
 from patchbay.sql.results import Outcome, Rows, SqlError, Write
 from patchbay.sql.statements import Shape
 
@@ -60,13 +59,8 @@ class PostgresConnector:
     kind = "postgresql"
 
     def __init__(self, url: str, *, strict: bool, connect_timeout: float) -> None:
-        parts = urlsplit(url)
         self.url = url
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 5432
-        self.user = unquote(parts.username or "postgres")
-        self.password = unquote(parts.password or "") or None
-        self.database = unquote(parts.path.lstrip("/")) or None
+        self.address = Address.parse(url, port=5432, user="postgres")
         self.strict = strict
         self.connect_timeout = connect_timeout
 
@@ -74,11 +68,11 @@ class PostgresConnector:
         """Open a connection and set the text codecs."""
         try:
             conn = await asyncpg.connect(
-                host=self.host,
-                port=self.port,
-                user=self.user,
-                password=self.password,
-                database=self.database,
+                host=self.address.host,
+                port=self.address.port,
+                user=self.address.user,
+                password=self.address.password or None,
+                database=self.address.database,
                 timeout=self.connect_timeout,
                 statement_cache_size=0,
             )
@@ -194,7 +188,7 @@ class PostgresConnection:
         if key == "CLIENT_VERSION":
             return types.version_number(CLIENT_VERSION)
         if key == "HOST_INFO":
-            return f"{self._connector.host} via TCP/IP"
+            return f"{self._connector.address.host} via TCP/IP"
         if key == "SERVER_VERSION":
             version = conn.get_server_version()
             return version.major * 10000 + version.minor * 100 + version.micro
