@@ -10,11 +10,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+
+from patchbay.sql.backends.base import Address
 
 REQUIRE = os.environ.get("PATCHBAY_REQUIRE_SERVICES") == "1"
 MYSQL_URL = os.environ.get("PATCHBAY_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/bench")
@@ -40,24 +42,31 @@ def reachable(url: str) -> bool:
         return False
 
 
+async def mysql_connect(url: str, *, use_database: bool = True) -> Any:
+    """An autocommit asyncmy connection to the server (and database) of a MySQL URL."""
+    import asyncmy
+
+    address = Address.parse(url, port=3306, user="root")
+    return await asyncmy.connect(
+        host=address.host,
+        port=address.port,
+        user=address.user,
+        password=address.password,
+        database=address.database if use_database else None,
+        autocommit=True,
+    )
+
+
 @pytest.fixture(scope="session")
 def mysql_url() -> str:
     """A MariaDB/MySQL URL whose database exists (created if missing)."""
     if not reachable(MYSQL_URL):
         unavailable(f"no MariaDB at {MYSQL_URL} (set PATCHBAY_TEST_MYSQL_URL)")
-    import asyncmy
-
-    parts = urlsplit(MYSQL_URL)
 
     async def create() -> None:
-        conn = await asyncmy.connect(
-            host=parts.hostname,
-            port=parts.port or 3306,
-            user=parts.username or "root",
-            password=parts.password or "",
-        )
+        conn = await mysql_connect(MYSQL_URL, use_database=False)
         async with conn.cursor() as cur:
-            await cur.execute(f"CREATE DATABASE IF NOT EXISTS `{parts.path.lstrip('/')}`")
+            await cur.execute(f"CREATE DATABASE IF NOT EXISTS `{urlsplit(MYSQL_URL).path[1:]}`")
         conn.close()
 
     asyncio.run(create())

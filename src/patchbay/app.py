@@ -9,6 +9,8 @@ test clients and other servers). No framework sits on the ``/db`` path: a framew
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import ipaddress
 import os
 import signal
@@ -223,16 +225,12 @@ def _redact_part(part: str) -> str:
 
 
 def _same(a: bytes, b: bytes) -> bool:
-    import hmac
-
     return hmac.compare_digest(a, b)
 
 
 def request_shutdown() -> None:
     """Ask the whole server (every worker) to stop gracefully, after this response is sent."""
     target = int(os.environ.get("PATCHBAY_SUPERVISOR_PID", os.getpid()))
-    import asyncio
-
     asyncio.get_running_loop().call_later(0.05, os.kill, target, signal.SIGTERM)
 
 

@@ -14,7 +14,6 @@ import dataclasses
 import ipaddress
 import os
 import tomllib
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -257,8 +256,6 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    if isinstance(hint, types.UnionType):  # pragma: no cover - no such settings yet
         return value
     raise ConfigError(f"{where}: unsupported setting type")  # pragma: no cover
 

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import orjson
 import pytest
 
-from tests.conftest import Served, Start
+from tests.conftest import Served, Start, mysql_connect
 
 FIXTURE = Path(__file__).parent / "fixtures" / "compat_fixture.sql"
 TEXT = "text/plain; charset=utf-8"
@@ -101,9 +101,6 @@ PAIR_12_ROW = [9007199254740992, 12.5, 'a\\/b \\"q\\"', "line1\\nline2", "null",
 
 def load_data(url: str) -> None:
     """Make sure the first 100 ``items`` rows of the shared generator exist; load ``compat`` fresh."""
-    import asyncmy
-
-    parts = urlsplit(url)
     base = datetime(2024, 1, 1)
     rows = [
         (
@@ -116,14 +113,7 @@ def load_data(url: str) -> None:
     ]
 
     async def load() -> None:
-        conn = await asyncmy.connect(
-            host=parts.hostname,
-            port=parts.port or 3306,
-            user=parts.username or "root",
-            password=parts.password or "",
-            database=parts.path.lstrip("/"),
-            autocommit=True,
-        )
+        conn = await mysql_connect(url)
         async with conn.cursor() as cur:
             # The benchmark's 100,000-row table holds the same rows: add to it, never drop it.
             await cur.execute(

@@ -162,6 +162,9 @@ class SQLiteConnection:
                     break
         finally:
             cursor.close()
+        if not self._open:  # aborted while running: close on the thread that used it
+            self._conn.close()
+            return Outcome(results, error, None)
         rolled_back = None
         if error is not None and rollback_on_error:
             try:
@@ -214,13 +217,6 @@ class SQLiteConnection:
             await self._connector.call(self._conn.close)
 
     async def abort(self) -> None:
-        """Interrupt the running statement, then drop the connection."""
-        self._conn.interrupt()
+        """Interrupt the running statement; its own thread closes the connection (see ``_run``)."""
         self._open = False
-        conn = self._conn
-
-        def close() -> None:
-            conn.close()
-
-        task = asyncio.get_running_loop().run_in_executor(self._connector._executor, close)
-        _ = task  # the close runs once the interrupted statement has given the thread back
+        self._conn.interrupt()
