@@ -8,10 +8,15 @@ own convention (HTTP 200 with ``ERROR``) and use ``dbslayer_message`` instead.
     PatchbayError
     ├── ConfigError                 bad settings file, variable or flag (never reaches HTTP)
     ├── RequestError (400)          the client's request cannot be understood
-    │   └── PayloadTooLarge (413)   the request is over the size limit
+    │   ├── PayloadTooLarge (413)   the request is over the size limit
+    │   ├── UnsupportedMedia (415)  a body in a content type the endpoint does not take
+    │   └── MalformedSignature      a signature header that cannot be parsed (400)
     ├── Unauthorized (401)          a bearer token is required and was not given
+    │   └── SignatureRejected       a webhook whose signature, token or timestamp fails (401)
     ├── Forbidden (403)
     ├── NotFound (404)
+    ├── MethodNotAllowed (405)
+    ├── StoreUnavailable (503)      the durable store cannot commit: try again later
     └── BackendError (503)          a database could not serve the request
         ├── BackendUnavailable      no server of the group accepted a connection
         ├── PoolExhausted           no pooled connection came free within the acquire timeout
@@ -59,6 +64,19 @@ class PayloadTooLarge(RequestError):
     status = 413
 
 
+class UnsupportedMedia(RequestError):
+    """The body's content type is not one the endpoint takes."""
+
+    code = "unsupported_media_type"
+    status = 415
+
+
+class MalformedSignature(RequestError):
+    """A signature or timestamp header is present but cannot be parsed."""
+
+    code = "malformed_signature"
+
+
 class NotFound(PatchbayError):
     """No such resource."""
 
@@ -71,6 +89,30 @@ class Unauthorized(PatchbayError):
 
     code = "unauthorized"
     status = 401
+
+
+class SignatureRejected(Unauthorized):
+    """A webhook failed verification; ``detail["reason"]`` says why, never with secrets."""
+
+    code = "signature_rejected"
+
+    def __init__(self, reason: str, message: str | None = None) -> None:
+        super().__init__(message or reason.replace("_", " "), reason=reason)
+        self.reason = reason
+
+
+class MethodNotAllowed(PatchbayError):
+    """The endpoint does not take this HTTP method."""
+
+    code = "method_not_allowed"
+    status = 405
+
+
+class StoreUnavailable(PatchbayError):
+    """The durable store cannot commit right now; the caller should retry later."""
+
+    code = "store_unavailable"
+    status = 503
 
 
 class Forbidden(PatchbayError):

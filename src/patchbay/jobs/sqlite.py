@@ -1,0 +1,659 @@
+"""The job store in one SQLite file, shared by every worker process of one Patchbay instance.
+
+- **One dedicated thread per store.** ``sqlite3`` calls block: a commit with
+  ``synchronous=FULL`` waits for an fsync, and a write waits up to ``busy_timeout`` while another
+  process holds the write lock. None of that may run on the event loop, so every operation is
+  queued to the one thread that owns the store's only connection. One thread, not a pool: SQLite
+  has a single writer per file anyway, and a single owner serialises this process's work without a
+  lock and is what makes group commit possible.
+- **Group commit.** The fsync dominates a put (measured here: 3.8k rows/s at one commit per row,
+  25k at 16 rows per commit, 56k at 128). When the thread becomes free it takes every put waiting
+  in its queue and writes them in one transaction with one commit; each put's future resolves
+  only after that commit returned. A lone put still pays a commit of its own; a burst shares one.
+- **Across processes.** WAL lets the other workers read while one writes. Every write starts with
+  ``BEGIN IMMEDIATE``, which takes the file's write lock (waiting up to ``busy_timeout``) before
+  reading anything, so a claim's choice and its update see no other process's commit in between
+  and no transaction ever fails with ``SQLITE_BUSY_SNAPSHOT`` half-way. Two processes storing the
+  same ``(stream, key)`` therefore also serialise: the second finds the first's row
+  (``ON CONFLICT DO NOTHING``, then a select) and reports a duplicate.
+- **Waking.** SQLite cannot notify another process. An ``asyncio.Event`` per queue wakes this
+  process's waiters when a put creates jobs or a replay, failure or success may have made some
+  runnable; work done by other processes is seen at the waiter's next poll.
+- **Errors.** A ``sqlite3`` error saying the file cannot be used now (I/O error, disk full, locked
+  past ``busy_timeout``, cannot open, corrupt, read-only) becomes ``StoreUnavailable``. The
+  connection is then dropped and the next operation opens it again, so the store recovers when
+  the disk does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import queue as threadqueue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+import orjson
+
+from patchbay.jobs.model import (
+    Claim,
+    Job,
+    Message,
+    NewJob,
+    Put,
+    Selection,
+    Status,
+    StoredMessage,
+)
+from patchbay.jobs.store import StoreUnavailable
+
+T = TypeVar("T")
+
+MAX_BATCH: Final = 1024  # puts per transaction; bounds one commit's latency, not its benefit
+ACTIVE: Final = "('pending', 'running')"
+
+SCHEMA: Final = f"""
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    stream TEXT NOT NULL,
+    key TEXT NOT NULL,
+    body BLOB NOT NULL,
+    meta TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    UNIQUE (stream, key)
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id INTEGER NOT NULL REFERENCES messages (id),
+    queue TEXT NOT NULL,
+    task TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'succeeded', 'dead')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    run_at REAL NOT NULL,
+    ordering_key TEXT,
+    owner TEXT,
+    lease_until REAL,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    UNIQUE (message_id, queue, task)
+);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (queue, run_at) WHERE status IN {ACTIVE};
+CREATE INDEX IF NOT EXISTS jobs_order ON jobs (queue, task, ordering_key, id)
+    WHERE status IN {ACTIVE} AND ordering_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (queue, status);
+"""
+
+JOB_COLUMNS: Final = (
+    "id, message_id, queue, task, status, attempts, run_at, ordering_key, last_error,"
+    " created_at, updated_at"
+)
+J_COLUMNS: Final = ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
+MESSAGE_COLUMNS: Final = "id, stream, key, body, meta, created_at"
+
+INSERT_MESSAGE: Final = """
+INSERT INTO messages (stream, key, body, meta, created_at) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (stream, key) DO NOTHING
+RETURNING id
+"""
+INSERT_JOB: Final = """
+INSERT INTO jobs (message_id, queue, task, status, run_at, ordering_key, created_at, updated_at)
+VALUES (?, ?, ?, 'pending', ?, ?, ?, ?)
+ON CONFLICT (message_id, queue, task) DO NOTHING
+"""
+# Both the partial indexes are chosen by the planner only because the query repeats their
+# WHERE terms; the `run_at <= :now` term also holds for a running job (it was due when claimed)
+# and bounds the index range, so a large backlog of future retries is never scanned.
+CLAIM: Final = f"""
+UPDATE jobs SET status = 'running', owner = :owner, lease_until = :until,
+    attempts = attempts + 1, updated_at = :now
+WHERE id IN (
+    SELECT j.id FROM jobs AS j
+    WHERE j.queue = :queue AND j.status IN {ACTIVE} AND j.run_at <= :now
+        AND (j.status = 'pending' OR j.lease_until <= :now)
+        AND (j.ordering_key IS NULL OR NOT EXISTS (
+            SELECT 1 FROM jobs AS e
+            WHERE e.queue = j.queue AND e.task = j.task AND e.ordering_key = j.ordering_key
+                AND e.id < j.id AND e.status IN {ACTIVE}))
+    ORDER BY j.run_at, j.id
+    LIMIT :limit)
+RETURNING {JOB_COLUMNS}
+"""
+# The lease is still this owner's (and this claim's, when the attempt is given).
+HELD: Final = (
+    "id = :job_id AND owner = :owner AND status = 'running'"
+    " AND (:attempt IS NULL OR attempts = :attempt)"
+)
+SELECT_MESSAGES: Final = (
+    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id IN (SELECT value FROM json_each(?))"
+)
+
+# Primary result codes that mean "the file cannot be used now", not "this statement is wrong".
+UNAVAILABLE_CODES: Final = frozenset(
+    {
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_NOTADB,
+    }
+)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether a ``sqlite3`` error means the database cannot be used right now."""
+    if not isinstance(exc, sqlite3.Error):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and code >= 0:
+        return (code & 0xFF) in UNAVAILABLE_CODES
+    return isinstance(exc, sqlite3.OperationalError)
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """A message ready to write: serialised, with its time taken on the event loop's thread."""
+
+    stream: str
+    key: str
+    body: bytes
+    meta: str
+    now: float
+    jobs: tuple[NewJob, ...]
+
+
+@dataclass(slots=True)
+class _Put:
+    row: _Row
+    future: asyncio.Future[Put]
+
+
+@dataclass(slots=True)
+class _Call:
+    fn: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+
+
+@dataclass(slots=True)
+class _Stop:
+    future: asyncio.Future[None]
+
+
+_Op = _Put | _Call | _Stop
+# What the thread hands back to the event loop: a future, its result or its exception.
+_Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
+
+
+class SqliteStore:
+    """The job store in one SQLite file (WAL, ``synchronous=FULL``), safe across processes."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        busy_timeout: float = 5.0,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.clock = clock
+        self.busy_timeout = busy_timeout
+        self._ops: threadqueue.SimpleQueue[_Op] = threadqueue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._conn: sqlite3.Connection | None = None  # touched only by the store's thread
+        self._events: dict[str, asyncio.Event] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Start the store's thread, open the file and create the schema if it is missing."""
+        if self._thread is None:
+            self._loop = asyncio.get_running_loop()
+            self._thread = threading.Thread(
+                target=self._run, name=f"jobs-sqlite:{self.path}", daemon=True
+            )
+            self._thread.start()
+        try:
+            await self._call(lambda conn: None)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Commit every put already queued, then close the connection and end the thread."""
+        thread, loop = self._thread, self._loop
+        if thread is None or loop is None:
+            return
+        self._thread = None
+        stopped: asyncio.Future[None] = loop.create_future()
+        self._ops.put(_Stop(stopped))
+        await stopped
+        thread.join()  # the thread's last act was to resolve ``stopped``: this returns at once
+
+    # -- the contract ------------------------------------------------------------------------
+
+    async def put(self, message: Message) -> Put:
+        """Store a message and its jobs, unless ``(stream, key)`` exists: then change nothing."""
+        # Serialised here so that a bad message fails alone, before it joins a shared commit.
+        row = _Row(
+            stream=message.stream,
+            key=message.key,
+            body=bytes(message.body),
+            meta=orjson.dumps(dict(message.meta)).decode(),
+            now=self.clock(),
+            jobs=tuple(message.jobs),
+        )
+        future: asyncio.Future[Put] = self._running_loop().create_future()
+        self._submit(_Put(row, future))
+        return await future
+
+    async def claim(self, queue: str, owner: str, *, limit: int, lease: float) -> list[Claim]:
+        """Lease up to ``limit`` runnable jobs of ``queue`` to ``owner`` (see ``Store.claim``)."""
+        now = self.clock()
+        until = now + lease
+        args = {"queue": queue, "owner": owner, "now": now, "until": until, "limit": limit}
+
+        def claim(conn: sqlite3.Connection) -> list[Claim]:
+            jobs = [_job(r) for r in conn.execute(CLAIM, args).fetchall()]
+            if not jobs:
+                return []
+            ids = orjson.dumps(sorted({j.message_id for j in jobs})).decode()
+            messages = {r[0]: _message(r) for r in conn.execute(SELECT_MESSAGES, (ids,))}
+            jobs.sort(key=lambda j: (j.run_at, j.id))
+            return [Claim(j, messages[j.message_id], until) for j in jobs]
+
+        if limit < 1:
+            return []
+        return await self._write(claim)
+
+    async def extend(
+        self, job_id: int, owner: str, lease: float, *, attempt: int | None = None
+    ) -> bool:
+        """Push the lease of a running job further, if ``owner`` still holds it.
+
+        ``attempt`` (the claim's ``job.attempts``), when given, must match too: it tells an
+        owner's current claim of a job from its own earlier one whose lease expired.
+        """
+        now = self.clock()
+        sql = f"UPDATE jobs SET lease_until = :until, updated_at = :now WHERE {HELD}"
+        args = {"until": now + lease, "now": now, **_held(job_id, owner, attempt)}
+        changed = await self._write(lambda conn: conn.execute(sql, args).rowcount)
+        return bool(changed)
+
+    async def succeed(self, job_id: int, owner: str, *, attempt: int | None = None) -> bool:
+        """Mark a job succeeded, if ``owner`` still holds its lease (and ``attempt`` matches)."""
+        sql = (
+            "UPDATE jobs SET status = 'succeeded', lease_until = NULL, updated_at = :now"
+            f" WHERE {HELD} RETURNING queue, ordering_key"
+        )
+        args = {"now": self.clock(), **_held(job_id, owner, attempt)}
+        rows = await self._write(lambda conn: conn.execute(sql, args).fetchall())
+        # A success lets the next job of its ordering key run.
+        self._wake(queue for queue, key in rows if key is not None)
+        return bool(rows)
+
+    async def fail(
+        self,
+        job_id: int,
+        owner: str,
+        *,
+        error: str,
+        retry_in: float | None,
+        attempt: int | None = None,
+    ) -> bool:
+        """Record a failed attempt: pending again in ``retry_in`` seconds, or dead when None."""
+        now = self.clock()
+        if retry_in is None:
+            status, run_at = Status.DEAD.value, None
+        else:
+            status, run_at = Status.PENDING.value, now + retry_in
+        sql = (
+            "UPDATE jobs SET status = :status, run_at = coalesce(:run_at, run_at),"
+            " last_error = :error, lease_until = NULL, updated_at = :now"
+            f" WHERE {HELD} RETURNING queue, ordering_key"
+        )
+        args = {
+            "status": status,
+            "run_at": run_at,
+            "error": error,
+            "now": now,
+            **_held(job_id, owner, attempt),
+        }
+        rows = await self._write(lambda conn: conn.execute(sql, args).fetchall())
+        # Due at once, or dead and so no longer holding back the next job of its key.
+        due = run_at is not None and run_at <= now
+        self._wake(queue for queue, key in rows if due or (retry_in is None and key is not None))
+        return bool(rows)
+
+    async def replay(self, selection: Selection) -> int:
+        """Make the selected jobs that are not running pending again, due now; return how many."""
+        now = self.clock()
+        where, args = _where(selection)
+        sql = (
+            "UPDATE jobs SET status = 'pending', run_at = ?, attempts = 0, lease_until = NULL,"
+            " updated_at = ? WHERE status != 'running' AND id IN"
+            f" (SELECT j.id FROM jobs AS j JOIN messages AS m ON m.id = j.message_id WHERE {where})"
+            " RETURNING queue"
+        )
+        rows = await self._write(lambda conn: conn.execute(sql, (now, now, *args)).fetchall())
+        self._wake(queue for (queue,) in rows)
+        return len(rows)
+
+    async def drop(self, selection: Selection) -> int:
+        """Delete the selected jobs that are not running; return how many."""
+        where, args = _where(selection)
+        sql = (
+            "DELETE FROM jobs WHERE status != 'running' AND id IN"
+            f" (SELECT j.id FROM jobs AS j JOIN messages AS m ON m.id = j.message_id WHERE {where})"
+        )
+        return int(await self._write(lambda conn: conn.execute(sql, args).rowcount))
+
+    async def jobs(self, selection: Selection, *, limit: int = 100) -> list[Job]:
+        """The selected jobs, newest first."""
+        where, args = _where(selection)
+        sql = (
+            f"SELECT {J_COLUMNS} FROM jobs AS j JOIN messages AS m ON m.id = j.message_id"
+            f" WHERE {where} ORDER BY j.id DESC LIMIT ?"
+        )
+        rows = await self._call(lambda conn: conn.execute(sql, (*args, limit)).fetchall())
+        return [_job(r) for r in rows]
+
+    async def message(self, message_id: int) -> StoredMessage | None:
+        """One stored message."""
+        sql = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?"
+        row = await self._call(lambda conn: conn.execute(sql, (message_id,)).fetchone())
+        return None if row is None else _message(row)
+
+    async def counts(self, queue: str | None = None) -> dict[Status, int]:
+        """How many jobs are in each status (every status present, zero if none)."""
+        args: tuple[str, ...] = ()
+        if queue is None:
+            sql = "SELECT status, count(*) FROM jobs GROUP BY status"
+        else:
+            sql = "SELECT status, count(*) FROM jobs WHERE queue = ? GROUP BY status"
+            args = (queue,)
+        rows = await self._call(lambda conn: conn.execute(sql, args).fetchall())
+        counts = dict.fromkeys(Status, 0)
+        counts.update({Status(status): n for status, n in rows})
+        return counts
+
+    async def wait(self, queue: str, seconds: float) -> None:
+        """Return when this process made jobs of ``queue`` runnable, or after ``seconds``."""
+        event = self._event(queue)
+        try:
+            async with asyncio.timeout(seconds):
+                await event.wait()
+        except TimeoutError:
+            pass
+        finally:
+            # Cleared only here, so a wake-up that came while nobody waited is not lost.
+            event.clear()
+
+    # -- the event loop's side ---------------------------------------------------------------
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        if self._thread is None or self._loop is None:
+            raise StoreUnavailable("SQLite job store is not open")
+        return self._loop
+
+    def _submit(self, op: _Op) -> None:
+        self._running_loop()
+        self._ops.put(op)
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` with the connection on the store's thread."""
+        future: asyncio.Future[T] = self._running_loop().create_future()
+        self._submit(_Call(fn, future))
+        return await future
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction on the store's thread."""
+        return await self._call(lambda conn: _transaction(conn, fn))
+
+    def _wake(self, queues: Iterable[str]) -> None:
+        for queue in queues:
+            self._event(queue).set()
+
+    def _event(self, queue: str) -> asyncio.Event:
+        event = self._events.get(queue)
+        if event is None:
+            event = self._events[queue] = asyncio.Event()
+        return event
+
+    def _settle(self, outcomes: list[_Outcome], woken: set[str]) -> None:
+        for future, result, exc in outcomes:
+            if future.done():  # its caller was cancelled; the work was done all the same
+                continue
+            if exc is None:
+                future.set_result(result)
+            else:
+                future.set_exception(exc)
+        self._wake(woken)
+
+    # -- the store's thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        stop: _Stop | None = None
+        while stop is None:
+            ops = [self._ops.get()]
+            while True:
+                try:
+                    ops.append(self._ops.get_nowait())
+                except threadqueue.Empty:
+                    break
+            puts = [op for op in ops if isinstance(op, _Put)]
+            for start in range(0, len(puts), MAX_BATCH):
+                self._commit(puts[start : start + MAX_BATCH])
+            for op in ops:
+                if isinstance(op, _Call):
+                    self._deliver([self._run_call(op)])
+                elif isinstance(op, _Stop):
+                    stop = op
+        self._disconnect()
+        self._deliver([(stop.future, None, None)])
+
+    def _deliver(self, outcomes: list[_Outcome], woken: set[str] | None = None) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to tell
+            self._loop.call_soon_threadsafe(self._settle, outcomes, woken or set())
+
+    def _run_call(self, op: _Call) -> _Outcome:
+        try:
+            return op.future, op.fn(self._connection()), None
+        except Exception as exc:
+            return op.future, None, self._translate(exc)
+
+    def _commit(self, batch: list[_Put]) -> None:
+        """Write a batch of puts in one transaction and one commit, then resolve them."""
+        try:
+            conn = self._connection()
+            results = _transaction(conn, lambda c: [_insert(c, op.row) for op in batch])
+        except Exception as exc:
+            if len(batch) > 1 and not unavailable(exc):
+                # Not the disk but one message's fault: commit the others without it.
+                for op in batch:
+                    self._commit([op])
+                return
+            error = self._translate(exc)
+            self._deliver([(op.future, None, error) for op in batch])
+            return
+        woken = {
+            job.queue
+            for op, put in zip(batch, results, strict=True)
+            if put.created
+            for job in op.row.jobs
+        }
+        self._deliver(
+            [(op.future, put, None) for op, put in zip(batch, results, strict=True)], woken
+        )
+
+    def _translate(self, exc: Exception) -> Exception:
+        if not unavailable(exc):
+            return exc
+        self._disconnect()  # reopened by the next operation, in case the file was the problem
+        # SQLite's messages name no file ("disk I/O error"), so they are safe in a 503's body.
+        error = StoreUnavailable(f"SQLite job store unavailable: {exc}")
+        error.__cause__ = exc
+        return error
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = self._connect()
+        return self._conn
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, cached_statements=64
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            self._use_wal(conn)
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            # Not executescript: it commits first, and this must run inside BEGIN IMMEDIATE so
+            # that two processes opening a new file do not race to create the same table.
+            _transaction(conn, _create_schema)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch the file to WAL, waiting up to ``busy_timeout`` for other processes."""
+        # Switching needs an exclusive lock, and when another process opening the same new file
+        # holds a shared one SQLite answers "locked" at once instead of calling the busy handler.
+        deadline = time.monotonic() + self.busy_timeout
+        if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+            return
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                code = getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_BUSY) & 0xFF
+                if code != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.005)
+
+    def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+
+def _transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``fn`` between ``BEGIN IMMEDIATE`` and ``COMMIT``; roll back if anything fails."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            # A failed rollback leaves a connection that the error's handler drops anyway.
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _insert(conn: sqlite3.Connection, row: _Row) -> Put:
+    inserted = conn.execute(
+        INSERT_MESSAGE, (row.stream, row.key, row.body, row.meta, row.now)
+    ).fetchall()
+    if not inserted:
+        (existing,) = conn.execute(
+            "SELECT id FROM messages WHERE stream = ? AND key = ?", (row.stream, row.key)
+        ).fetchone()
+        return Put(int(existing), created=False)
+    message_id = int(inserted[0][0])
+    conn.executemany(
+        INSERT_JOB,
+        [
+            (message_id, j.queue, j.task, row.now + j.delay, j.ordering_key, row.now, row.now)
+            for j in row.jobs
+        ],
+    )
+    return Put(message_id, created=True)
+
+
+def _held(job_id: int, owner: str, attempt: int | None) -> dict[str, Any]:
+    return {"job_id": job_id, "owner": owner, "attempt": attempt}
+
+
+def _where(selection: Selection) -> tuple[str, list[Any]]:
+    """A selection as SQL terms on ``jobs AS j`` joined with ``messages AS m``, and their args."""
+    terms: list[str] = []
+    args: list[Any] = []
+
+    def term(sql: str, arg: Any) -> None:
+        terms.append(sql)
+        args.append(arg)
+
+    if selection.queue is not None:
+        term("j.queue = ?", selection.queue)
+    # One JSON array argument instead of a placeholder per value: no limit on how many.
+    if selection.job_ids:
+        ids = [int(i) for i in selection.job_ids]
+        term("j.id IN (SELECT value FROM json_each(?))", orjson.dumps(ids).decode())
+    if selection.message_ids:
+        ids = [int(i) for i in selection.message_ids]
+        term("j.message_id IN (SELECT value FROM json_each(?))", orjson.dumps(ids).decode())
+    if selection.stream is not None:
+        term("m.stream = ?", selection.stream)
+    if selection.key is not None:
+        term("m.key = ?", selection.key)
+    if selection.task is not None:
+        term("j.task = ?", selection.task)
+    if selection.statuses:
+        values = [Status(s).value for s in selection.statuses]
+        term("j.status IN (SELECT value FROM json_each(?))", orjson.dumps(values).decode())
+    if selection.since is not None:
+        term("j.created_at >= ?", selection.since)
+    if selection.until is not None:
+        term("j.created_at < ?", selection.until)
+    return " AND ".join(terms) or "1", args
+
+
+def _job(row: tuple[Any, ...]) -> Job:
+    return Job(
+        id=row[0],
+        message_id=row[1],
+        queue=row[2],
+        task=row[3],
+        status=Status(row[4]),
+        attempts=row[5],
+        run_at=row[6],
+        ordering_key=row[7],
+        last_error=row[8],
+        created_at=row[9],
+        updated_at=row[10],
+    )
+
+
+def _message(row: tuple[Any, ...]) -> StoredMessage:
+    return StoredMessage(
+        id=row[0],
+        stream=row[1],
+        key=row[2],
+        body=bytes(row[3]),
+        meta=orjson.loads(row[4]),
+        created_at=row[5],
+    )

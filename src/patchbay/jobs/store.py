@@ -1,0 +1,109 @@
+"""The job store's contract, which the SQLite and PostgreSQL stores both keep.
+
+Every method that changes state has committed durably when it returns (``put`` is
+group-committed: concurrent calls share one transaction and one fsync). Only the lease owner may
+finish a job: ``succeed``, ``fail`` and ``extend`` answer False when the lease was lost (it
+expired and another owner claimed the job), and change nothing then.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from patchbay.errors import StoreUnavailable
+from patchbay.jobs.model import Claim, Job, Message, Put, Selection, Status, StoredMessage
+
+
+class Store(Protocol):
+    """Durable messages and their jobs."""
+
+    async def open(self) -> None:
+        """Connect and create the schema if it is missing."""
+
+    async def close(self) -> None:
+        """Finish pending commits and release every connection."""
+
+    async def put(self, message: Message) -> Put:
+        """Store a message and its jobs, unless ``(stream, key)`` exists: then change nothing."""
+
+    async def claim(self, queue: str, owner: str, *, limit: int, lease: float) -> list[Claim]:
+        """Lease up to ``limit`` runnable jobs of ``queue`` to ``owner`` for ``lease`` seconds.
+
+        Runnable: pending with ``run_at`` passed, or running with an expired lease; and no earlier
+        job (smaller id) of the same queue, task and ordering key is pending or running. Each
+        claim adds one to ``attempts``. Oldest ``run_at`` first.
+        """
+
+    async def extend(
+        self, job_id: int, owner: str, lease: float, *, attempt: int | None = None
+    ) -> bool:
+        """Push the lease of a running job further, if ``owner`` still holds it.
+
+        ``attempt`` (the claim's ``job.attempts``), when given, must match too: an owner that
+        claimed the same job again after its lease expired cannot finish it with the old claim.
+        """
+
+    async def succeed(self, job_id: int, owner: str, *, attempt: int | None = None) -> bool:
+        """Mark a job succeeded, if ``owner`` still holds its lease (and ``attempt`` matches)."""
+
+    async def fail(
+        self,
+        job_id: int,
+        owner: str,
+        *,
+        error: str,
+        retry_in: float | None,
+        attempt: int | None = None,
+    ) -> bool:
+        """Record a failed attempt: pending again in ``retry_in`` seconds, or dead when None."""
+
+    async def replay(self, selection: Selection) -> int:
+        """Make the selected jobs that are not running pending again, due now; return how many.
+
+        Attempts start again from zero; the last error is kept until the next attempt.
+        """
+
+    async def drop(self, selection: Selection) -> int:
+        """Delete the selected jobs that are not running; return how many."""
+
+    async def jobs(self, selection: Selection, *, limit: int = 100) -> list[Job]:
+        """The selected jobs, newest first."""
+
+    async def message(self, message_id: int) -> StoredMessage | None:
+        """One stored message."""
+
+    async def counts(self, queue: str | None = None) -> dict[Status, int]:
+        """How many jobs are in each status (every status present, zero if none)."""
+
+    async def wait(self, queue: str, seconds: float) -> None:
+        """Return when jobs of ``queue`` may have become runnable, or after ``seconds``."""
+
+
+__all__ = [
+    "Claim",
+    "Job",
+    "Message",
+    "Put",
+    "Selection",
+    "Status",
+    "Store",
+    "StoreUnavailable",
+    "StoredMessage",
+]
+
+
+def connect(url: str, *, clock: Callable[[], float] = time.time) -> Store:
+    """The store a URL names: ``sqlite:///path`` or ``postgresql://...``."""
+    scheme, _, _ = url.partition("://")
+    if scheme == "sqlite":
+        from patchbay.jobs.sqlite import SqliteStore
+        from patchbay.sql.backends.sqlite import sqlite_path
+
+        return SqliteStore(sqlite_path(url), clock=clock)
+    if scheme in ("postgresql", "postgres"):
+        from patchbay.jobs.postgres import PostgresStore
+
+        return PostgresStore(url, clock=clock)
+    raise ValueError(f"no job store for {url!r}")

@@ -1,0 +1,227 @@
+"""The SQLite job store: the shared contract, plus what only a file shared by processes needs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import patchbay.jobs.sqlite as sqlite_module
+from patchbay.jobs.model import Message, NewJob, Status
+from patchbay.jobs.sqlite import SqliteStore
+from patchbay.jobs.store import Store, StoreUnavailable
+from tests.unit.jobs.contract import FakeClock, Opener, StoreContract, message
+
+# Run in another process: open the store, say "ready", wait for the go file, then race.
+RACER = """
+import asyncio, json, sys
+from pathlib import Path
+from patchbay.jobs.model import Message, NewJob
+from patchbay.jobs.sqlite import SqliteStore
+
+async def main(path: str, mode: str, go: str) -> None:
+    store = SqliteStore(path)
+    await store.open()
+    print("ready", flush=True)
+    while not Path(go).exists():
+        await asyncio.sleep(0.002)
+    out = []
+    if mode == "put":
+        for i in range(100):
+            put = await store.put(Message("race", f"k{i}", b"", {}, (NewJob("q", "t"),)))
+            out.append([put.message_id, put.created])
+    else:
+        while claims := await store.claim("q", mode, limit=3, lease=300):
+            for claim in claims:
+                out.append(claim.job.id)
+                assert await store.succeed(claim.job.id, mode)
+    await store.close()
+    print(json.dumps(out), flush=True)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def race(path: Path, modes: list[str]) -> list[Any]:
+    """Run one racing process per mode on the store at ``path``, started together."""
+    go = path.with_name("go")
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            RACER,
+            str(path),
+            mode,
+            str(go),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for mode in modes
+    ]
+    for proc in procs:
+        assert proc.stdout is not None
+        if (await proc.stdout.readline()).strip() != b"ready":
+            _, err = await proc.communicate()
+            pytest.fail(f"racer did not start: {err.decode()}")
+    go.touch()
+    results = []
+    for proc in procs:
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        results.append(json.loads(out))
+    return results
+
+
+class TestSqliteContract(StoreContract):
+    """The shared contract on one SQLite file."""
+
+    @pytest.fixture
+    async def opener(self, tmp_path: Path, clock: FakeClock) -> AsyncIterator[Opener]:
+        """Opens stores on one file, each with its own thread and connection."""
+        opened: list[SqliteStore] = []
+
+        async def open_store() -> Store:
+            store = SqliteStore(tmp_path / "jobs.db", clock=clock)
+            opened.append(store)
+            await store.open()
+            return store
+
+        yield open_store
+        for store in opened:
+            await store.close()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    """An open SQLite store with the real clock."""
+    store = SqliteStore(tmp_path / "jobs.db")
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def test_file_is_wal_with_full_sync(store: SqliteStore) -> None:
+    """The file is in WAL mode and the store's connection commits with synchronous=FULL."""
+    sync = await store._call(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0])
+    assert sync == 2
+    with sqlite3.connect(store.path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+async def test_puts_share_commits_and_are_committed_when_they_resolve(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Concurrent puts are group-committed, and each is visible to others once it resolves."""
+    transactions = 0
+    real = sqlite_module._transaction
+
+    def counting(conn: sqlite3.Connection, fn: Any) -> Any:
+        nonlocal transactions
+        transactions += 1
+        return real(conn, fn)
+
+    monkeypatch.setattr(sqlite_module, "_transaction", counting)
+    puts = await asyncio.gather(*(store.put(message(f"k{i}")) for i in range(64)))
+    assert all(p.created for p in puts)
+    assert transactions <= 8
+    conn = sqlite3.connect(store.path)
+    try:
+        assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 64
+    finally:
+        conn.close()
+
+
+async def test_duplicates_racing_from_two_processes_store_one_row(tmp_path: Path) -> None:
+    """Two processes putting the same keys at once store each key once, with no error."""
+    path = tmp_path / "jobs.db"
+    first, second = await race(path, ["put", "put"])
+    for (id_a, created_a), (id_b, created_b) in zip(first, second, strict=True):
+        assert id_a == id_b
+        assert created_a != created_b
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 100
+        assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 100
+    finally:
+        conn.close()
+
+
+async def test_claims_from_two_processes_never_overlap(tmp_path: Path) -> None:
+    """Two processes claiming from one file together get every job exactly once."""
+    path = tmp_path / "jobs.db"
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        await asyncio.gather(
+            *(store.put(Message("s", f"k{i}", b"", {}, (NewJob("q", "t"),))) for i in range(200))
+        )
+    finally:
+        await store.close()
+    first, second = await race(path, ["w1", "w2"])
+    assert not set(first) & set(second)
+    assert len(first) + len(second) == 200
+    await store.open()
+    try:
+        assert (await store.counts())[Status.SUCCEEDED] == 200
+    finally:
+        await store.close()
+
+
+async def test_a_path_that_cannot_be_opened_is_unavailable(tmp_path: Path) -> None:
+    """Opening a file under a regular file raises StoreUnavailable, promptly."""
+    (tmp_path / "plain").write_text("not a directory")
+    store = SqliteStore(tmp_path / "plain" / "jobs.db", busy_timeout=0.1)
+    async with asyncio.timeout(5):
+        with pytest.raises(StoreUnavailable):
+            await store.open()
+    with pytest.raises(StoreUnavailable):
+        await store.put(message("a"))
+
+
+async def test_a_lock_held_past_busy_timeout_is_unavailable(tmp_path: Path) -> None:
+    """A write waiting longer than busy_timeout for another process's lock fails, then recovers."""
+    store = SqliteStore(tmp_path / "jobs.db", busy_timeout=0.05)
+    await store.open()
+    holder = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        async with asyncio.timeout(5):
+            with pytest.raises(StoreUnavailable):
+                await store.put(message("a"))
+            with pytest.raises(StoreUnavailable):
+                await store.claim("q", "w", limit=1, lease=1)
+        holder.execute("ROLLBACK")
+        assert (await store.put(message("a"))).created
+    finally:
+        holder.close()
+        await store.close()
+
+
+async def test_a_full_disk_is_unavailable_and_recovers(store: SqliteStore) -> None:
+    """A commit that finds no room raises StoreUnavailable; the store works again afterwards."""
+
+    def fill(conn: sqlite3.Connection) -> None:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+
+    await store._call(fill)
+    with pytest.raises(StoreUnavailable, match="full"):
+        await store.put(message("big", body=b"x" * 1_000_000))
+    # The connection was dropped with the error; its page limit went with it.
+    assert (await store.put(message("big", body=b"x" * 1_000_000))).created
+
+
+async def test_a_closed_store_is_unavailable(store: SqliteStore) -> None:
+    """Calls on a closed store raise StoreUnavailable instead of hanging."""
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await store.put(message("a"))
+    with pytest.raises(StoreUnavailable):
+        await store.counts()
