@@ -91,8 +91,10 @@ def free_port() -> int:
 class Served:
     """A running ``patchbay serve`` subprocess."""
 
-    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+    def __init__(
+        self, args: list[str], cwd: Path, env: dict[str, str] | None = None, port: int = 0
+    ) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = cwd / f"serve-{self.port}.log"
         with self.log.open("wb") as out:
@@ -135,7 +137,9 @@ class Served:
 class Start(Protocol):
     """Starts ``patchbay serve`` with the given arguments."""
 
-    def __call__(self, args: list[str], env: dict[str, str] | None = None) -> Served: ...
+    def __call__(
+        self, args: list[str], env: dict[str, str] | None = None, port: int = 0
+    ) -> Served: ...
 
 
 @pytest.fixture
@@ -143,8 +147,8 @@ def serve(tmp_path: Path) -> Iterator[Start]:
     """Start ``patchbay serve`` with given arguments; every server is stopped after the test."""
     started: list[Served] = []
 
-    def start(args: list[str], env: dict[str, str] | None = None) -> Served:
-        server = Served(args, tmp_path, env)
+    def start(args: list[str], env: dict[str, str] | None = None, port: int = 0) -> Served:
+        server = Served(args, tmp_path, env, port)
         started.append(server)
         return server
 

@@ -22,11 +22,15 @@ from typing import Any
 import orjson
 import structlog
 
-from patchbay.errors import Forbidden, NotFound, PatchbayError, Unauthorized
+from patchbay.errors import Forbidden, NotFound, PatchbayError, StoreUnavailable, Unauthorized
+from patchbay.http import TEXT, Reply, Request, error_reply
+from patchbay.jobs.store import Store, connect
 from patchbay.settings import Settings, redact_url
 from patchbay.sql import routes
 from patchbay.sql.gateway import Database
 from patchbay.stats import Stats
+from patchbay.webhooks.routes import PREFIX as HOOKS_PREFIX
+from patchbay.webhooks.service import Hooks
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -61,19 +65,58 @@ class App:
             ipaddress.ip_network(n, strict=False) for n in settings.server.allow_networks
         ]
         self.ready = False
+        self.store: Store | None = None
+        self.hooks: Hooks | None = None
+        if settings.webhooks.sources:
+            self.store = connect(settings.jobs_store_url())
+            self.hooks = Hooks(settings, self.store)
 
     async def start(self) -> None:
-        """Start the databases' health probes."""
+        """Start the databases' health probes, open the job store, start the dispatcher."""
         for database in self.databases.values():
             database.start()
+        if self.store is not None and self.hooks is not None:
+            try:
+                await self.store.open()
+            except StoreUnavailable as exc:
+                # Intake answers 503 (providers retry) and the dispatcher keeps trying.
+                log.error("job store unavailable at start", error=exc.message)
+            await self.hooks.start()
         self.ready = True
 
     async def stop(self) -> None:
-        """Close every pool and release this process's stats slot."""
+        """Stop the dispatcher, close every pool and store, release this process's stats slot."""
         self.ready = False
+        if self.hooks is not None:
+            await self.hooks.stop(self.settings.server.drain_timeout / 2)
+        if self.store is not None:
+            await self.store.close()
         for database in self.databases.values():
             await database.close()
         self.stats.close()
+
+    def body_limit(self, path: str) -> int | None:
+        """The body limit of the endpoint at ``path``, when it has its own."""
+        if self.hooks is None:
+            return None
+        return self.hooks.receiver.body_limit(path)
+
+    async def receive(self, request: Request) -> Reply:
+        """Answer a request whose endpoint reads its headers and body (``/hooks/...``)."""
+        began = time.perf_counter()
+        if self.hooks is not None and request.path.startswith(HOOKS_PREFIX):
+            reply = await self.hooks.receiver.handle(request)
+        else:
+            reply = error_reply(NotFound(f"no endpoint {request.path}", path=request.path))
+        self.stats.record(
+            client_ip=request.peer or "",
+            request=f"{request.method} {request.path} HTTP/1.1",
+            status=reply.status,
+            bytes_sent=len(reply.body),
+            micros=int((time.perf_counter() - began) * 1e6),
+            error=None,
+        )
+        return reply
 
     async def respond(
         self,
@@ -83,15 +126,15 @@ class App:
         authorization: bytes | None,
         peer: str | None,
         local: str | None,
-    ) -> routes.Reply:
+    ) -> Reply:
         """Answer one HTTP request: the server layer's one entry point."""
         began = time.perf_counter()
         if path in routes.PATHS:
             if method not in ("GET", "POST"):
-                reply = routes.Reply(405, routes.TEXT, b"Method Not Allowed")
+                reply = Reply(405, TEXT, b"Method Not Allowed")
             elif (denied := self._denied(authorization, peer)) is not None:
                 body = b"Unauthorized" if denied == 401 else b"Forbidden"
-                reply = routes.Reply(denied, routes.TEXT, body)
+                reply = Reply(denied, TEXT, body)
             else:
                 reply = await self.dbslayer.handle(path, query, peer, local)
         else:
@@ -110,7 +153,7 @@ class App:
         """ASGI entry point, for ASGI servers and test clients."""
         kind = scope["type"]
         if kind == "http":
-            await self.http(scope, send)
+            await self.http(scope, receive, send)
         elif kind == "lifespan":
             await self.lifespan(receive, send)
 
@@ -126,25 +169,29 @@ class App:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def http(self, scope: Scope, send: Send) -> None:
-        """ASGI HTTP: a thin adapter over ``respond``."""
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI HTTP: a thin adapter over ``respond`` and ``receive``."""
         client = scope.get("client")
         server = scope.get("server")
         authorization = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value
-        reply = await self.respond(
-            scope["method"],
-            scope["path"],
-            scope["query_string"],
-            authorization,
-            client[0] if client else None,
-            server[0] if server else None,
-        )
+        if scope["path"].startswith(HOOKS_PREFIX):
+            reply = await self.receive(await _whole_request(scope, receive))
+        else:
+            reply = await self.respond(
+                scope["method"],
+                scope["path"],
+                scope["query_string"],
+                authorization,
+                client[0] if client else None,
+                server[0] if server else None,
+            )
         headers = [
             (b"content-type", reply.content_type),
             (b"content-length", b"%d" % len(reply.body)),
+            *reply.headers,
         ]
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})
@@ -164,27 +211,27 @@ class App:
                 return 403
         return None
 
-    def _own(self, path: str, authorization: bytes | None, peer: str | None) -> routes.Reply:
+    def _own(self, path: str, authorization: bytes | None, peer: str | None) -> Reply:
         """Patchbay's own endpoints, with the one JSON error shape."""
         try:
             if path == "/livez":
-                return routes.Reply(200, JSON, b'{"status":"ok"}')
+                return Reply(200, JSON, b'{"status":"ok"}')
             if path == "/readyz":
                 if not self.ready:
-                    return routes.Reply(503, JSON, b'{"status":"starting"}')
-                return routes.Reply(200, JSON, b'{"status":"ok"}')
+                    return Reply(503, JSON, b'{"status":"starting"}')
+                return Reply(200, JSON, b'{"status":"ok"}')
             if path == "/v1/stats":
                 denied = self._denied(authorization, peer)
                 if denied == 401:
                     raise Unauthorized("a bearer token is required")
                 if denied is not None:
                     raise Forbidden("your network may not use this server")
-                return routes.Reply(200, JSON, orjson.dumps(self.rich_stats()))
+                return Reply(200, JSON, orjson.dumps(self.rich_stats()))
             if path.startswith("/v1/"):
                 raise NotFound(f"no endpoint {path}", path=path)
         except PatchbayError as exc:
-            return routes.Reply(exc.status, JSON, orjson.dumps(exc.to_json()))
-        return routes.Reply(404, routes.TEXT, b"Not Found")
+            return Reply(exc.status, JSON, orjson.dumps(exc.to_json()))
+        return Reply(404, TEXT, b"Not Found")
 
     def rich_stats(self) -> dict[str, Any]:
         """Patchbay's own counters (``/v1/stats``)."""
@@ -193,10 +240,33 @@ class App:
             "pid": os.getpid(),  # counters below are this worker's; /stats counts every worker
             "total_requests": self.stats.total_requests,
             "databases": {name: db.stats() for name, db in self.databases.items()},
+            **({"webhooks": self.hooks.stats.summary()} if self.hooks is not None else {}),
         }
 
 
 SECRET_FLAGS = ("--token",)
+
+
+async def _whole_request(scope: Scope, receive: Receive) -> Request:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    headers: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    client = scope.get("client")
+    return Request(
+        scope["method"],
+        scope["path"],
+        scope["query_string"],
+        headers,
+        b"".join(chunks),
+        client[0] if client else None,
+    )
 
 
 def redacted_args(argv: list[str]) -> str:

@@ -12,6 +12,8 @@ import click
 from patchbay import demo, logs
 from patchbay import settings as settings_module
 from patchbay.errors import ConfigError
+from patchbay.webhooks.commands import hooks
+from patchbay.webhooks.service import build_source
 
 DEMO_NAME = "demo"
 
@@ -19,7 +21,7 @@ DEMO_NAME = "demo"
 @click.group(context_settings={"help_option_names": ["--help"]})
 @click.version_option(package_name="patchbay")
 def main() -> None:
-    """Patchbay: a self-hosted integration gateway (DBSlayer-compatible SQL over HTTP)."""
+    """Patchbay: a self-hosted integration gateway (SQL over HTTP, webhooks in)."""
 
 
 @main.command(context_settings={"help_option_names": ["--help"]})
@@ -67,7 +69,7 @@ def serve(
     allow: tuple[str, ...],
     state_dir: str | None,
 ) -> None:
-    """Serve the SQL gateway (DBSlayer's /db, /dbform, /stats, /shutdown and /v1/stats)."""
+    """Serve SQL over HTTP (DBSlayer's /db, /dbform, /stats*, /shutdown) and POST /hooks/SOURCE."""
     overrides: dict[str, Any] = {}
     for key, value in (
         ("server.host", host),
@@ -98,6 +100,8 @@ def serve(
             overrides["databases"] = {DEMO_NAME: [f"sqlite:///{path}"]}
             settings = settings_module.load(config_file, overrides=overrides)
         check_exposure(settings)
+        for source in settings.webhooks.sources:  # import every handlers module before serving
+            build_source(source, settings.webhooks.retry_delays, settings.webhooks.jitter)
     except ConfigError as exc:
         click.echo(f"patchbay: {exc.message}", err=True)
         sys.exit(2)
@@ -105,6 +109,9 @@ def serve(
     from patchbay.server import serve as run
 
     run(settings)
+
+
+main.add_command(hooks)
 
 
 def check_exposure(settings: settings_module.Settings) -> None:

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final, NamedTuple, cast
 from urllib.parse import unquote
 
 import httptools
@@ -36,12 +36,16 @@ import structlog
 import uvloop
 
 from patchbay.app import STATS_FILE, App
+from patchbay.http import TEXT, Reply, Request
 from patchbay.settings import Settings
-from patchbay.sql.routes import TEXT, Reply
 
 log = structlog.get_logger("patchbay.server")
 
 Respond = Callable[[str, str, bytes, bytes | None, str | None, str | None], Awaitable[Reply]]
+Receive = Callable[[Request], Awaitable[Reply]]
+BodyLimit = Callable[[str], int | None]
+FULL_PREFIX: Final = b"/hooks/"  # paths whose endpoints read headers and a body
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 URL_SLACK: Final = 16 * 1024  # room for the path and the escapes of a request at the limit
 MAX_HEADER_BYTES: Final = 64 * 1024
@@ -56,6 +60,7 @@ REASONS: Final = {
     408: b"Request Timeout",
     413: b"Content Too Large",
     414: b"URI Too Long",
+    415: b"Unsupported Media Type",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     503: b"Service Unavailable",
@@ -89,8 +94,16 @@ class Limits:
 class State:
     """What the connections of one worker share."""
 
-    def __init__(self, respond: Respond, limits: Limits) -> None:
+    def __init__(
+        self,
+        respond: Respond,
+        limits: Limits,
+        receive: Receive | None = None,
+        body_limit: BodyLimit | None = None,
+    ) -> None:
         self.respond = respond
+        self.receive = receive
+        self.body_limit = body_limit
         self.limits = limits
         self.connections: set[HttpProtocol] = set()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -109,6 +122,16 @@ class State:
                 connection.expire()
 
 
+class Pending(NamedTuple):
+    """A request that arrived whole, waiting for its answer."""
+
+    method: str
+    url: bytes
+    authorization: bytes | None
+    keep_alive: bool
+    whole: tuple[dict[str, str], bytes] | None  # headers and body, for FULL_PREFIX paths
+
+
 class HttpProtocol(asyncio.Protocol):
     """One client connection."""
 
@@ -122,13 +145,18 @@ class HttpProtocol(asyncio.Protocol):
         self.deadline = float("inf")
         self.receiving = False  # part of a request has arrived
         self.busy = False  # a request is being answered
-        self.queue: collections.deque[tuple[str, bytes, bytes | None, bool]] = collections.deque()
+        self.queue: collections.deque[Pending] = collections.deque()
         self.paused = False
         self._url = b""
         self._authorization: bytes | None = None
         self._header_bytes = 0
         self._body_bytes = 0
+        self._body_limit = state.limits.max_body_bytes
         self._refused = False
+        # Only requests to FULL_PREFIX keep every header and their body; None: not known yet.
+        self._full: bool | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
 
     # asyncio.Protocol
 
@@ -173,6 +201,10 @@ class HttpProtocol(asyncio.Protocol):
         self._authorization = None
         self._header_bytes = 0
         self._body_bytes = 0
+        self._body_limit = self.state.limits.max_body_bytes
+        self._full = None
+        self._headers = []
+        self._body = []
 
     def on_url(self, url: bytes) -> None:
         """Collect the request target, refusing one over the limit."""
@@ -182,30 +214,59 @@ class HttpProtocol(asyncio.Protocol):
             raise ValueError("request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """Keep the one header Patchbay reads; count them all."""
+        """Keep the headers Patchbay reads (all of them on full requests); count them all."""
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > MAX_HEADER_BYTES:
             self._refuse(431, b"request headers too large")
             raise ValueError("headers too large")
+        if self._full is None:  # the request target is complete once headers start
+            self._full = self._url.startswith(FULL_PREFIX) and self.state.receive is not None
+        if self._full:
+            self._headers.append((name, value))
         if len(name) == 13 and name.lower() == b"authorization":
             self._authorization = value
 
-    def on_body(self, body: bytes) -> None:
-        """Bodies are not read by any endpoint yet: count them against the limit."""
-        self._body_bytes += len(body)
-        if self._body_bytes > self.state.limits.max_body_bytes:
+    def on_headers_complete(self) -> None:
+        """Refuse a body over the endpoint's limit before reading it; answer ``Expect``."""
+        if self._full is None:
+            self._full = self._url.startswith(FULL_PREFIX) and self.state.receive is not None
+        if not self._full:
+            return
+        if self.state.body_limit is not None:
+            path = self._url.partition(b"?")[0].decode("latin-1")
+            self._body_limit = self.state.body_limit(path) or self._body_limit
+        length = expect = b""
+        for name, value in self._headers:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                length = value.strip()
+            elif lowered == b"expect":
+                expect = value.strip().lower()
+        if length.isdigit() and int(length) > self._body_limit:
             self._refuse(413, b"request too large")
             raise ValueError("body too large")
+        if expect == b"100-continue" and self.transport is not None:
+            self.transport.write(CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        """Keep the body of a full request; count every body against its limit."""
+        self._body_bytes += len(body)
+        if self._body_bytes > self._body_limit:
+            self._refuse(413, b"request too large")
+            raise ValueError("body too large")
+        if self._full:
+            self._body.append(body)
 
     def on_message_complete(self) -> None:
         """A whole request arrived in time: answer it, or queue it behind the one in progress."""
         self.receiving = False
         self.deadline = float("inf")
-        request = (
+        request = Pending(
             self.parser.get_method().decode("ascii", "replace"),
             self._url,
             self._authorization,
             self.parser.should_keep_alive(),
+            self._whole() if self._full else None,
         )
         if self.busy:
             self.queue.append(request)
@@ -217,23 +278,41 @@ class HttpProtocol(asyncio.Protocol):
 
     # answering
 
-    def _start(self, request: tuple[str, bytes, bytes | None, bool]) -> None:
+    def _whole(self) -> tuple[dict[str, str], bytes]:
+        headers: dict[str, str] = {}
+        for name, value in self._headers:
+            key = name.decode("latin-1").lower()
+            text = value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        return headers, b"".join(self._body)
+
+    def _start(self, request: Pending) -> None:
         self.busy = True
         task = self.loop.create_task(self._answer(*request))
         self.state.tasks.add(task)
         task.add_done_callback(self.state.tasks.discard)
 
     async def _answer(
-        self, method: str, url: bytes, authorization: bytes | None, keep_alive: bool
+        self,
+        method: str,
+        url: bytes,
+        authorization: bytes | None,
+        keep_alive: bool,
+        whole: tuple[dict[str, str], bytes] | None,
     ) -> None:
         raw_path, _, query = url.partition(b"?")
         path = raw_path.decode("latin-1")
         if "%" in path:
             path = unquote(path, encoding="latin-1")
         try:
-            reply = await self.state.respond(
-                method, path, query, authorization, self.peer, self.local
-            )
+            if whole is not None and self.state.receive is not None:
+                reply = await self.state.receive(
+                    Request(method, path, query, whole[0], whole[1], self.peer)
+                )
+            else:
+                reply = await self.state.respond(
+                    method, path, query, authorization, self.peer, self.local
+                )
         except Exception:
             log.exception("request failed", path=path)
             reply = Reply(500, TEXT, b"Internal Server Error")
@@ -241,9 +320,10 @@ class HttpProtocol(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         keep_alive = keep_alive and not self.state.draining and method != "HEAD"
-        transport.write(
-            self._head(reply.status, reply.content_type, len(reply.body), keep_alive) + reply.body
-        )
+        head = self._head(reply.status, reply.content_type, len(reply.body), keep_alive)
+        if reply.headers:
+            head = head[:-2] + b"".join(b"%s: %s\r\n" % pair for pair in reply.headers) + b"\r\n"
+        transport.write(head + reply.body)
         if not keep_alive:
             transport.close()
             return
@@ -295,7 +375,7 @@ async def run_worker(settings: Settings, sock: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     app = App(settings)
     await app.start()
-    state = State(app.respond, Limits.from_settings(settings))
+    state = State(app.respond, Limits.from_settings(settings), app.receive, app.body_limit)
     server = await loop.create_server(lambda: HttpProtocol(state), sock=sock, backlog=2048)
     stop = asyncio.Event()
     signals = 0

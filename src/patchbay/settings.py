@@ -22,10 +22,21 @@ from typing import Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
 from patchbay.errors import ConfigError
+from patchbay.jobs.model import DEFAULT_DELAYS
+
+Provider = Literal["github", "standard", "svix", "stripe", "slack", "shopify", "zoho", "hmac"]
+
+DataCentre = Literal["us", "com", "eu", "in", "au", "jp", "ca", "cn", "sa"]
 
 _T = typing.TypeVar("_T")
 ENV_PREFIX = "PATCHBAY_"
 SCHEMES = ("sqlite", "mysql", "mariadb", "postgresql", "postgres")
+# Zoho CRM accepts a notification channel for at most a week (API v4 and later).
+MAX_CHANNEL_LIFETIME = 7 * 86400.0
+MIN_CHANNEL_LIFETIME = 600.0
+MAX_CHANNEL_TOKEN = 50  # characters, the documented limit of a channel's token
+MAX_CHANNEL_EVENTS = 50
+CHANNEL_OPERATIONS = ("create", "edit", "delete", "all")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,12 +89,94 @@ class DatabaseSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class JobsSettings:
+    """The durable job store that the webhook inbox (and later push and CRM sends) use."""
+
+    store: str = ""  # sqlite:///path or postgresql://...; empty: SQLite in the state directory
+    lease: float = 60.0  # seconds a claimed job stays leased before another worker may take it
+    poll_interval: float = 0.5  # how often idle workers look for work other processes added
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSettings:
+    """One webhook source: ``POST /hooks/<name>``, its provider's scheme and its handlers."""
+
+    name: str
+    provider: Provider
+    secrets: tuple[str, ...] = ()
+    handlers: tuple[str, ...] = ()  # "package.module:router" or "package.module"
+    tolerance: float = 300.0
+    max_body_bytes: int = 1_048_576
+    legacy_sha1: bool = False
+    max_signatures: int = 10
+    header: str = "x-signature"
+    template: str = "{body}"
+    encoding: Literal["hex", "base64"] = "hex"
+    prefix: str = ""
+    timestamp_header: str = ""
+    id_header: str = ""
+    algorithm: Literal["sha256", "sha1", "sha512"] = "sha256"
+    channels: tuple[str, ...] = ()
+    retry_delays: tuple[float, ...] = ()  # empty: [webhooks] retry_delays
+    # Zoho only: the notification channel Patchbay keeps subscribed (renewed before it expires).
+    channel_id: str = ""  # a long, as Zoho wants; empty: nothing is subscribed
+    events: tuple[str, ...] = ()  # "Leads.all", "Deals.edit", ...
+    notify_url: str = ""  # where Zoho posts, normally this source's public /hooks/<name> URL
+    channel_lifetime: float = 86400.0  # seconds each renewal asks for, at most a week
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    """The webhook receiver and its dispatcher."""
+
+    concurrency: int = 16  # handler runs at once, per worker process
+    handler_timeout: float = 30.0
+    retry_delays: tuple[float, ...] = DEFAULT_DELAYS
+    jitter: float = 0.2
+    sources: tuple[SourceSettings, ...] = ()
+
+    def source(self, name: str) -> SourceSettings | None:
+        """Return the source called ``name``, if there is one."""
+        for source in self.sources:
+            if source.name == name:
+                return source
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ZohoSettings:
+    """The Zoho account Patchbay calls (OAuth refresh-token grant), e.g. to renew channels."""
+
+    client_id: str = ""
+    client_secret: str = ""
+    refresh_token: str = ""
+    data_centre: DataCentre = "us"
+    accounts_url: str = ""  # overrides the data centre's accounts server (emulator, tests)
+    api_url: str = ""  # overrides the API base the token response names (emulator, tests)
+    timeout: float = 30.0
+
+    @property
+    def configured(self) -> bool:
+        """Whether credentials are set."""
+        return bool(self.client_id and self.client_secret and self.refresh_token)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """All of Patchbay's settings."""
 
     server: ServerSettings = field(default_factory=ServerSettings)
     sql: PoolSettings = field(default_factory=PoolSettings)
     databases: tuple[DatabaseSettings, ...] = ()
+    jobs: JobsSettings = field(default_factory=JobsSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    zoho: ZohoSettings = field(default_factory=ZohoSettings)
+
+    def jobs_store_url(self) -> str:
+        """The job store's URL, SQLite in the state directory unless one is set."""
+        if self.jobs.store:
+            return self.jobs.store
+        return f"sqlite:///{(Path(self.server.state_dir) / 'jobs.db').resolve()}"
 
     def database(self, name: str) -> DatabaseSettings | None:
         """Return the database called ``name``, if there is one."""
@@ -140,7 +233,7 @@ def _merge_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
 
 
 def _build(raw: dict[str, Any]) -> Settings:
-    unknown = set(raw) - {"server", "sql", "databases"}
+    unknown = set(raw) - {"server", "sql", "databases", "jobs", "webhooks", "zoho"}
     if unknown:
         raise ConfigError(f"{sorted(unknown)[0]}: unknown section")
     server = _dataclass_from(ServerSettings, raw.get("server", {}), "server")
@@ -158,7 +251,109 @@ def _build(raw: dict[str, Any]) -> Settings:
     databases = []
     for name, value in _table(raw.get("databases", {}), "databases").items():
         databases.append(_database(name, value, sql))
-    return Settings(server=server, sql=sql, databases=tuple(databases))
+    jobs = _dataclass_from(JobsSettings, raw.get("jobs", {}), "jobs")
+    if jobs.store and urlsplit(jobs.store).scheme.lower() not in (
+        "sqlite",
+        "postgresql",
+        "postgres",
+    ):
+        raise ConfigError("jobs.store: expected sqlite:///path or postgresql://...")
+    webhooks = _webhooks(raw.get("webhooks", {}))
+    zoho = _zoho(raw.get("zoho", {}), webhooks)
+    return Settings(
+        server=server,
+        sql=sql,
+        databases=tuple(databases),
+        jobs=jobs,
+        webhooks=webhooks,
+        zoho=zoho,
+    )
+
+
+def _zoho(value: Any, webhooks: WebhookSettings) -> ZohoSettings:
+    zoho = _dataclass_from(ZohoSettings, value, "zoho")
+    for key in ("accounts_url", "api_url"):
+        url = getattr(zoho, key)
+        if url and urlsplit(url).scheme.lower() not in ("http", "https"):
+            raise ConfigError(f"zoho.{key}: expected an http:// or https:// URL, got {url!r}")
+    if zoho.timeout <= 0:
+        raise ConfigError("zoho.timeout: must be positive")
+    # Checked here, at start-up, rather than when the first renewal fails an hour later.
+    needing = [s.name for s in webhooks.sources if s.channel_id]
+    if needing:
+        for key in ("client_id", "client_secret", "refresh_token"):
+            if not getattr(zoho, key):
+                raise ConfigError(
+                    f"zoho.{key}: required, since webhooks.sources.{needing[0]}.channel_id is set"
+                )
+    return zoho
+
+
+def _webhooks(value: Any) -> WebhookSettings:
+    table = dict(_table(value, "webhooks"))
+    sources = _table(table.pop("sources", {}), "webhooks.sources")
+    hooks = _dataclass_from(WebhookSettings, table, "webhooks")
+    if hooks.concurrency < 1:
+        raise ConfigError("webhooks.concurrency: must be at least 1")
+    if hooks.jitter > 1:
+        raise ConfigError("webhooks.jitter: must be between 0 and 1")
+    built = []
+    for name, source in sources.items():
+        where = f"webhooks.sources.{name}"
+        if not name or not all(c.isalnum() or c in "_-" for c in name):
+            raise ConfigError(f"{where}: a source name uses letters, digits, '_' and '-'")
+        fields = dict(_table(source, where))
+        if "provider" not in fields:
+            raise ConfigError(f"{where}.provider: missing (github, standard, svix, stripe, ...)")
+        built.append(_channel(_dataclass_from(SourceSettings, {**fields, "name": name}, where)))
+    return dataclasses.replace(hooks, sources=tuple(built))
+
+
+def _channel(source: SourceSettings) -> SourceSettings:
+    """Validate a source's Zoho channel settings; its channel is then one verification accepts."""
+    where = f"webhooks.sources.{source.name}"
+    if not MIN_CHANNEL_LIFETIME <= source.channel_lifetime <= MAX_CHANNEL_LIFETIME:
+        raise ConfigError(
+            f"{where}.channel_lifetime: must be between {MIN_CHANNEL_LIFETIME:g} seconds and "
+            f"{MAX_CHANNEL_LIFETIME:g} (one week, Zoho's limit), got {source.channel_lifetime:g}"
+        )
+    if not source.channel_id:
+        for key in ("events", "notify_url"):
+            if getattr(source, key):
+                raise ConfigError(f"{where}.{key}: needs channel_id as well")
+        return source
+    if source.provider != "zoho":
+        raise ConfigError(f"{where}.channel_id: only a zoho source has a notification channel")
+    if not source.channel_id.isascii() or not source.channel_id.isdigit():
+        raise ConfigError(f"{where}.channel_id: expected a number, got {source.channel_id!r}")
+    if not source.events:
+        raise ConfigError(f'{where}.events: required with channel_id (e.g. ["Leads.all"])')
+    if len(source.events) > MAX_CHANNEL_EVENTS:
+        raise ConfigError(f"{where}.events: at most {MAX_CHANNEL_EVENTS} events per channel")
+    for event in source.events:
+        module, dot, operation = event.rpartition(".")
+        if not dot or not module or operation not in CHANNEL_OPERATIONS:
+            raise ConfigError(
+                f"{where}.events: {event!r} is not Module.operation "
+                f"(operation one of {', '.join(CHANNEL_OPERATIONS)})"
+            )
+    url = urlsplit(source.notify_url)
+    if url.scheme.lower() not in ("http", "https") or not url.netloc:
+        raise ConfigError(f"{where}.notify_url: expected the https:// URL Zoho posts to")
+    if not source.secrets:
+        raise ConfigError(f"{where}.secrets: the channel's token is the first secret; none is set")
+    if len(source.secrets[0]) > MAX_CHANNEL_TOKEN:
+        raise ConfigError(
+            f"{where}.secrets: the first secret is the channel's token, at most "
+            f"{MAX_CHANNEL_TOKEN} characters for Zoho"
+        )
+    # Notifications of the channel we subscribe must pass verification, which checks
+    # ``channels`` when it is set; a rotation may list older channels there too.
+    if not source.channels:
+        return dataclasses.replace(source, channels=(source.channel_id,))
+    if source.channel_id not in source.channels:
+        raise ConfigError(f"{where}.channels: must include channel_id {source.channel_id!r}")
+    return source
 
 
 def _database(name: str, value: Any, defaults: PoolSettings) -> DatabaseSettings:
@@ -221,6 +416,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 f"{where}: expected one of {', '.join(map(repr, choices))}, got {value!r}"
             )
         return value
+    if origin is tuple and get_args(hint) == (float, Ellipsis):
+        if not isinstance(value, list | tuple) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in value
+        ):
+            raise ConfigError(f"{where}: expected a list of seconds")
+        return tuple(float(v) for v in value)
     if origin is tuple:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from patchbay.http import TEXT, Reply, Request
 from patchbay.server import HttpProtocol, Limits, State, drain
-from patchbay.sql.routes import TEXT, Reply
 
 Seen = list[tuple[str, str, bytes, bytes | None, str | None]]
 
@@ -175,3 +175,74 @@ async def test_drain_finishes_answers_in_progress(
     assert out.startswith(b"HTTP/1.1 200") and b"connection: close" in out
     with pytest.raises(OSError, match=r"refused|Connect call failed"):
         await asyncio.open_connection("127.0.0.1", port)
+
+
+@pytest.fixture
+async def full_server() -> AsyncIterator[tuple[int, list[Request]]]:
+    """A server whose /hooks/ endpoint records whole requests; its body limit is 50 bytes."""
+    received: list[Request] = []
+
+    async def respond(*args: object) -> Reply:
+        return Reply(200, TEXT, b"lean")
+
+    async def receive(request: Request) -> Reply:
+        received.append(request)
+        return Reply(202, TEXT, b"whole", None, ((b"retry-after", b"5"),))
+
+    state = State(respond, Limits(max_body_bytes=100), receive, lambda path: 50)
+    srv = await asyncio.get_running_loop().create_server(
+        lambda: HttpProtocol(state), "127.0.0.1", 0
+    )
+    yield srv.sockets[0].getsockname()[1], received
+    srv.close()
+
+
+async def test_hooks_paths_get_headers_and_body(full_server: tuple[int, list[Request]]) -> None:
+    """Requests under /hooks/ reach ``receive`` whole; extra reply headers are written."""
+    port, received = full_server
+    answer = await exchange(
+        port,
+        b"POST /hooks/gh HTTP/1.1\r\nHost: x\r\nX-Hub-Signature-256: sha256=ab\r\n"
+        b"X-Two: a\r\nX-Two: b\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbody",
+    )
+    assert answer.startswith(b"HTTP/1.1 202 ")
+    assert b"\r\nretry-after: 5\r\n" in answer
+    [request] = received
+    assert (request.method, request.path, request.body) == ("POST", "/hooks/gh", b"body")
+    assert request.headers["x-hub-signature-256"] == "sha256=ab"
+    assert request.headers["x-two"] == "a, b"
+
+
+async def test_hooks_body_over_the_endpoint_limit_is_refused_unread(
+    full_server: tuple[int, list[Request]],
+) -> None:
+    """A Content-Length over the endpoint's own limit gets 413 before any body byte."""
+    port, received = full_server
+    answer = await exchange(
+        port, b"POST /hooks/gh HTTP/1.1\r\nHost: x\r\nContent-Length: 51\r\n\r\n", wait=1
+    )
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert received == []
+
+
+async def test_expect_continue_is_answered(full_server: tuple[int, list[Request]]) -> None:
+    """``Expect: 100-continue`` gets its interim answer, then the real one."""
+    port, _ = full_server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /hooks/gh HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+    )
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"{}")
+    final = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+    assert final.startswith(b"HTTP/1.1 202 ")
+    writer.close()
+
+
+async def test_other_paths_stay_on_the_lean_path(full_server: tuple[int, list[Request]]) -> None:
+    """Everything else goes to ``respond``, without its headers or body kept."""
+    port, received = full_server
+    answer = await exchange(port, b"GET /db?x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert answer.endswith(b"lean")
+    assert received == []

@@ -74,3 +74,93 @@ def test_redact_url_hides_the_password() -> None:
     """Passwords never reach logs, stats or errors."""
     assert redact_url("mysql://u:secret@h:1/db") == "mysql://u:***@h:1/db"
     assert redact_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+ZOHO_SOURCE = """
+[zoho]
+client_id = "1000.ID"
+client_secret = "secret"
+refresh_token = "1000.refresh"
+data_centre = "eu"
+[webhooks.sources.crm]
+provider = "zoho"
+secrets = ["channel-token"]
+channel_id = "1000000068001"
+events = ["Leads.all", "Deals.edit"]
+notify_url = "https://gw.example/hooks/crm"
+"""
+
+
+def test_zoho_section_and_channel_settings(tmp_path: Path) -> None:
+    """[zoho] holds the account; a zoho source's channel settings are validated and kept."""
+    config = tmp_path / "p.toml"
+    config.write_text(ZOHO_SOURCE + "channel_lifetime = 172800\n")
+    settings = load(config, env={"PATCHBAY_ZOHO__TIMEOUT": "12"})
+    assert settings.zoho.data_centre == "eu" and settings.zoho.timeout == 12.0
+    assert settings.zoho.configured and (settings.zoho.accounts_url, settings.zoho.api_url) == (
+        "",
+        "",
+    )
+    crm = settings.webhooks.source("crm")
+    assert crm is not None
+    assert (crm.channel_id, crm.events, crm.channel_lifetime) == (
+        "1000000068001",
+        ("Leads.all", "Deals.edit"),
+        172800.0,
+    )
+    assert crm.channels == ("1000000068001",)  # so verification accepts only this channel
+    assert load(env={}).zoho.data_centre == "us"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("channel_lifetime = 604801\n", "webhooks.sources.crm.channel_lifetime: must be between"),
+        ("channel_lifetime = 60\n", "webhooks.sources.crm.channel_lifetime: must be between"),
+        ('channels = ["1"]\n', "webhooks.sources.crm.channels: must include channel_id"),
+        ('secrets = ["' + "x" * 51 + '"]\n', "webhooks.sources.crm.secrets: the first secret"),
+        ("secrets = []\n", "webhooks.sources.crm.secrets: the channel's token"),
+        ('events = ["Leads.sing"]\n', "webhooks.sources.crm.events: 'Leads.sing'"),
+        ("events = []\n", "webhooks.sources.crm.events: required"),
+        ('notify_url = "gw.example"\n', "webhooks.sources.crm.notify_url: expected"),
+    ],
+)
+def test_bad_channel_settings_name_their_key(tmp_path: Path, extra: str, message: str) -> None:
+    """A bad channel setting is refused with a message that names the key."""
+    config = tmp_path / "p.toml"
+    base = ZOHO_SOURCE
+    for line in extra.splitlines():
+        key = line.partition(" ")[0]
+        base = "\n".join(x for x in base.splitlines() if not x.startswith(key + " "))
+    config.write_text(base + "\n" + extra)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(config, env={})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (ZOHO_SOURCE.replace('client_secret = "secret"\n', ""), "zoho.client_secret: required"),
+        (ZOHO_SOURCE.replace('"eu"', '"mars"'), "zoho.data_centre: expected one of"),
+        (ZOHO_SOURCE + "[zoho.x]\n", "zoho.x: unknown setting"),
+        (
+            ZOHO_SOURCE.replace('"1000000068001"', '"abc"'),
+            "webhooks.sources.crm.channel_id: expected a number",
+        ),
+        (
+            ZOHO_SOURCE.replace('provider = "zoho"', 'provider = "github"'),
+            "webhooks.sources.crm.channel_id: only a zoho source",
+        ),
+        ('[zoho]\napi_url = "ftp://x"\n', "zoho.api_url: expected an http:// or https:// URL"),
+        (
+            '[webhooks.sources.x]\nprovider = "zoho"\nevents = ["A.all"]\n',
+            "events: needs channel_id",
+        ),
+    ],
+)
+def test_bad_zoho_settings_name_their_key(tmp_path: Path, text: str, message: str) -> None:
+    """Missing credentials, an unknown data centre or a misplaced channel are refused clearly."""
+    config = tmp_path / "p.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(config, env={})

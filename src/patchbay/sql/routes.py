@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Mapping
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from patchbay.errors import PatchbayError
+from patchbay.http import TEXT, Reply
 from patchbay.sql import wire
 from patchbay.sql.gateway import Database
 from patchbay.stats import Stats
 
-TEXT: Final = b"text/plain; charset=utf-8"
 PATHS: Final = frozenset(
     {
         "/db",
@@ -30,15 +30,6 @@ PATHS: Final = frozenset(
         "/shutdown",
     }
 )
-
-
-class Reply(NamedTuple):
-    """An HTTP answer; ``error`` is what ``/stats/error`` should record, if anything."""
-
-    status: int
-    content_type: bytes
-    body: bytes
-    error: str | None = None
 
 
 class DBSlayer:

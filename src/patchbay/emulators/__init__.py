@@ -1,0 +1,1 @@
+"""Local emulators of the services Patchbay talks to, for tests and demos (never production)."""
