@@ -34,7 +34,6 @@ import hashlib
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any, Final
 
 import asyncpg
@@ -50,7 +49,7 @@ from patchbay.jobs.model import (
     Status,
     StoredMessage,
 )
-from patchbay.jobs.store import StoreUnavailable
+from patchbay.jobs.store import QueuedPut, Row, StoreUnavailable
 
 MAX_BATCH: Final = 1024
 IDENTIFIER: Final = re.compile(r"[a-z_][a-z0-9_]{0,47}")
@@ -104,24 +103,6 @@ def translated(what: str) -> Iterator[None]:
         raise
 
 
-@dataclass(frozen=True, slots=True)
-class _Row:
-    """A message ready to write: serialised, with its time taken when ``put`` was called."""
-
-    stream: str
-    key: str
-    body: bytes
-    meta: str
-    now: float
-    jobs: tuple[NewJob, ...]
-
-
-@dataclass(slots=True)
-class _Put:
-    row: _Row
-    future: asyncio.Future[Put]
-
-
 class PostgresStore:
     """The job store in a PostgreSQL schema, shared safely by many instances."""
 
@@ -153,7 +134,7 @@ class PostgresStore:
         self._listener: asyncpg.Connection | None = None
         self._relisten: asyncio.Task[None] | None = None
         self._batcher: asyncio.Task[None] | None = None
-        self._queued: list[_Put] = []
+        self._queued: list[QueuedPut] = []
         self._more = asyncio.Event()
         self._closing = False
         self._events: dict[str, asyncio.Event] = {}
@@ -218,16 +199,9 @@ class PostgresStore:
         if self._closing:
             raise StoreUnavailable("PostgreSQL job store is closing")
         # Serialised here so that a bad message fails alone, before it joins a shared commit.
-        row = _Row(
-            stream=message.stream,
-            key=message.key,
-            body=bytes(message.body),
-            meta=orjson.dumps(dict(message.meta)).decode(),
-            now=self.clock(),
-            jobs=tuple(message.jobs),
-        )
+        row = Row.of(message, self.clock())
         future: asyncio.Future[Put] = asyncio.get_running_loop().create_future()
-        self._queued.append(_Put(row, future))
+        self._queued.append(QueuedPut(row, future))
         self._more.set()
         return await future
 
@@ -422,7 +396,7 @@ class PostgresStore:
             if self._closing:
                 return
 
-    async def _commit(self, batch: list[_Put]) -> None:
+    async def _commit(self, batch: list[QueuedPut]) -> None:
         try:
             results = await self._write_puts([op.row for op in batch])
         except Exception as exc:
@@ -447,7 +421,7 @@ class PostgresStore:
                 op.future.set_result(put)
         self._wake(woken)
 
-    async def _write_puts(self, rows: list[_Row]) -> list[Put]:
+    async def _write_puts(self, rows: list[Row]) -> list[Put]:
         """One transaction: lock ordering keys, insert messages and their jobs, notify."""
         pool = self._open_pool()
         order = sorted(range(len(rows)), key=lambda i: (rows[i].stream, rows[i].key))

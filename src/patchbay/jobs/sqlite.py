@@ -44,13 +44,12 @@ from patchbay.jobs.model import (
     Claim,
     Job,
     Message,
-    NewJob,
     Put,
     Selection,
     Status,
     StoredMessage,
 )
-from patchbay.jobs.store import StoreUnavailable
+from patchbay.jobs.store import QueuedPut, Row, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -161,24 +160,6 @@ def unavailable(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError)
 
 
-@dataclass(frozen=True, slots=True)
-class _Row:
-    """A message ready to write: serialised, with its time taken on the event loop's thread."""
-
-    stream: str
-    key: str
-    body: bytes
-    meta: str
-    now: float
-    jobs: tuple[NewJob, ...]
-
-
-@dataclass(slots=True)
-class _Put:
-    row: _Row
-    future: asyncio.Future[Put]
-
-
 @dataclass(slots=True)
 class _Call:
     fn: Callable[[sqlite3.Connection], Any]
@@ -190,7 +171,7 @@ class _Stop:
     future: asyncio.Future[None]
 
 
-_Op = _Put | _Call | _Stop
+_Op = QueuedPut | _Call | _Stop
 # What the thread hands back to the event loop: a future, its result or its exception.
 _Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
 
@@ -246,16 +227,9 @@ class SqliteStore:
     async def put(self, message: Message) -> Put:
         """Store a message and its jobs, unless ``(stream, key)`` exists: then change nothing."""
         # Serialised here so that a bad message fails alone, before it joins a shared commit.
-        row = _Row(
-            stream=message.stream,
-            key=message.key,
-            body=bytes(message.body),
-            meta=orjson.dumps(dict(message.meta)).decode(),
-            now=self.clock(),
-            jobs=tuple(message.jobs),
-        )
+        row = Row.of(message, self.clock())
         future: asyncio.Future[Put] = self._running_loop().create_future()
-        self._submit(_Put(row, future))
+        self._submit(QueuedPut(row, future))
         return await future
 
     async def claim(self, queue: str, owner: str, *, limit: int, lease: float) -> list[Claim]:
@@ -452,7 +426,7 @@ class SqliteStore:
                     ops.append(self._ops.get_nowait())
                 except threadqueue.Empty:
                     break
-            puts = [op for op in ops if isinstance(op, _Put)]
+            puts = [op for op in ops if isinstance(op, QueuedPut)]
             for start in range(0, len(puts), MAX_BATCH):
                 self._commit(puts[start : start + MAX_BATCH])
             for op in ops:
@@ -474,7 +448,7 @@ class SqliteStore:
         except Exception as exc:
             return op.future, None, self._translate(exc)
 
-    def _commit(self, batch: list[_Put]) -> None:
+    def _commit(self, batch: list[QueuedPut]) -> None:
         """Write a batch of puts in one transaction and one commit, then resolve them."""
         try:
             conn = self._connection()
@@ -574,7 +548,7 @@ def _create_schema(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
 
 
-def _insert(conn: sqlite3.Connection, row: _Row) -> Put:
+def _insert(conn: sqlite3.Connection, row: Row) -> Put:
     inserted = conn.execute(
         INSERT_MESSAGE, (row.stream, row.key, row.body, row.meta, row.now)
     ).fetchall()

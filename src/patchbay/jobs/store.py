@@ -8,12 +8,25 @@ expired and another owner claimed the job), and change nothing then.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
+import orjson
+
 from patchbay.errors import StoreUnavailable
-from patchbay.jobs.model import Claim, Job, Message, Put, Selection, Status, StoredMessage
+from patchbay.jobs.model import (
+    Claim,
+    Job,
+    Message,
+    NewJob,
+    Put,
+    Selection,
+    Status,
+    StoredMessage,
+)
 
 
 class Store(Protocol):
@@ -92,6 +105,38 @@ __all__ = [
     "StoreUnavailable",
     "StoredMessage",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """A message ready for a group commit: serialised first, so a bad one fails alone."""
+
+    stream: str
+    key: str
+    body: bytes
+    meta: str
+    now: float
+    jobs: tuple[NewJob, ...]
+
+    @classmethod
+    def of(cls, message: Message, now: float) -> Row:
+        """Serialise ``message``, stamped with the time ``put`` was called."""
+        return cls(
+            stream=message.stream,
+            key=message.key,
+            body=bytes(message.body),
+            meta=orjson.dumps(dict(message.meta)).decode(),
+            now=now,
+            jobs=tuple(message.jobs),
+        )
+
+
+@dataclass(slots=True)
+class QueuedPut:
+    """A put waiting for the next group commit, and the future its caller awaits."""
+
+    row: Row
+    future: asyncio.Future[Put]
 
 
 def connect(url: str, *, clock: Callable[[], float] = time.time) -> Store:

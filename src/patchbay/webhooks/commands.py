@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -84,7 +86,42 @@ def _config_option(function: Callable[..., Any]) -> Callable[..., Any]:
     )(function)
 
 
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """What the filter options of a command select."""
+
+    source: str | None = None
+    delivery: str | None = None
+    handler: str | None = None
+    since: str | None = None
+    until: str | None = None
+
+    def selection(self, runs: Sequence[int] = (), statuses: Sequence[str] = ()) -> Selection:
+        """The job selection these filters, run ids and statuses make."""
+        if self.delivery and not self.source:
+            raise click.UsageError("--delivery needs --source")
+        now = time.time()
+        return Selection(
+            queue=QUEUE,
+            job_ids=tuple(runs),
+            stream=STREAM_PREFIX + self.source if self.source else None,
+            key=self.delivery,
+            task=self.handler,
+            statuses=tuple(Status(s) for s in statuses),
+            since=now - _seconds(self.since, "--since") if self.since else None,
+            until=now - _seconds(self.until, "--until") if self.until else None,
+        )
+
+
 def _filters(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the filter options; the command gets them as one ``filters: Filters`` argument."""
+
+    @functools.wraps(function)
+    def gather(**kwargs: Any) -> Any:
+        fields = {name: kwargs.pop(name) for name in Filters.__slots__}
+        return function(filters=Filters(**fields), **kwargs)
+
+    wrapped: Callable[..., Any] = gather
     for option in reversed(
         [
             click.option("--source", help="Only this source."),
@@ -94,8 +131,8 @@ def _filters(function: Callable[..., Any]) -> Callable[..., Any]:
             click.option("--until", help="Only deliveries older than this (30m, 2h, 1d)."),
         ]
     ):
-        function = option(function)
-    return function
+        wrapped = option(wrapped)
+    return wrapped
 
 
 @hooks.command(context_settings=CONTEXT)
@@ -112,15 +149,11 @@ def _filters(function: Callable[..., Any]) -> Callable[..., Any]:
 def replay(
     config_file: str | None,
     runs: tuple[int, ...],
-    source: str | None,
-    delivery: str | None,
-    handler: str | None,
-    since: str | None,
-    until: str | None,
+    filters: Filters,
     statuses: tuple[str, ...],
 ) -> None:
     """Run handler runs again: RUNS by id, or every run the filters select."""
-    selection = _selection(runs, source, delivery, handler, since, until, statuses)
+    selection = filters.selection(runs, statuses)
     if selection == Selection(queue=QUEUE):
         raise click.UsageError("name runs by id or give at least one filter")
     count = _with_store(config_file, lambda store: store.replay(selection))
@@ -138,15 +171,11 @@ def dead() -> None:
 @click.option("--limit", type=int, default=50, show_default=True)
 def dead_list(
     config_file: str | None,
-    source: str | None,
-    delivery: str | None,
-    handler: str | None,
-    since: str | None,
-    until: str | None,
+    filters: Filters,
     limit: int,
 ) -> None:
     """List dead runs, newest first."""
-    selection = _selection((), source, delivery, handler, since, until, ("dead",))
+    selection = filters.selection((), ("dead",))
     jobs = _with_store(config_file, lambda store: _jobs_with_messages(store, selection, limit))
     if not jobs:
         click.echo("no dead runs")
@@ -161,14 +190,10 @@ def dead_list(
 def dead_retry(
     config_file: str | None,
     runs: tuple[int, ...],
-    source: str | None,
-    delivery: str | None,
-    handler: str | None,
-    since: str | None,
-    until: str | None,
+    filters: Filters,
 ) -> None:
     """Run dead runs again (RUNS by id, or all the filters select)."""
-    selection = _selection(runs, source, delivery, handler, since, until, ("dead",))
+    selection = filters.selection(runs, ("dead",))
     count = _with_store(config_file, lambda store: store.replay(selection))
     click.echo(f"{count} dead run{'s' if count != 1 else ''} will run again")
 
@@ -181,15 +206,11 @@ def dead_retry(
 def dead_drop(
     config_file: str | None,
     runs: tuple[int, ...],
-    source: str | None,
-    delivery: str | None,
-    handler: str | None,
-    since: str | None,
-    until: str | None,
+    filters: Filters,
     yes: bool,
 ) -> None:
     """Delete dead runs (RUNS by id, or all the filters select); the deliveries stay."""
-    selection = _selection(runs, source, delivery, handler, since, until, ("dead",))
+    selection = filters.selection(runs, ("dead",))
     if not yes and not runs:
         click.confirm("drop every dead run these filters select?", abort=True)
     count = _with_store(config_file, lambda store: store.drop(selection))
@@ -203,16 +224,12 @@ def dead_drop(
 @click.option("--once", is_flag=True, help="Print the latest runs and stop.")
 def tail(
     config_file: str | None,
-    source: str | None,
-    delivery: str | None,
-    handler: str | None,
-    since: str | None,
-    until: str | None,
+    filters: Filters,
     interval: float,
     once: bool,
 ) -> None:
     """Follow handler runs as they are created and change state."""
-    selection = _selection((), source, delivery, handler, since, until, ())
+    selection = filters.selection()
 
     async def follow(store: Store) -> None:
         seen: dict[int, tuple[str, int]] = {}
@@ -242,30 +259,6 @@ def stats(config_file: str | None, as_json: bool) -> None:
         return
     for status in Status:
         click.echo(f"{status.value:<10} {counts.get(status, 0)}")
-
-
-def _selection(
-    runs: Sequence[int],
-    source: str | None,
-    delivery: str | None,
-    handler: str | None,
-    since: str | None,
-    until: str | None,
-    statuses: Sequence[str],
-) -> Selection:
-    if delivery and not source:
-        raise click.UsageError("--delivery needs --source")
-    now = time.time()
-    return Selection(
-        queue=QUEUE,
-        job_ids=tuple(runs),
-        stream=STREAM_PREFIX + source if source else None,
-        key=delivery,
-        task=handler,
-        statuses=tuple(Status(s) for s in statuses),
-        since=now - _seconds(since, "--since") if since else None,
-        until=now - _seconds(until, "--until") if until else None,
-    )
 
 
 def _seconds(text: str, flag: str) -> float:
