@@ -26,7 +26,7 @@ from patchbay.jobs.model import DEFAULT_DELAYS
 
 Provider = Literal["github", "standard", "svix", "stripe", "slack", "shopify", "zoho", "hmac"]
 
-DataCentre = Literal["us", "com", "eu", "in", "au", "jp", "ca", "cn", "sa"]
+DataCenter = Literal["us", "com", "eu", "in", "au", "jp", "ca", "cn", "sa"]
 
 _T = typing.TypeVar("_T")
 ENV_PREFIX = "PATCHBAY_"
@@ -144,21 +144,44 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class ZohoSettings:
-    """The Zoho account Patchbay calls (OAuth refresh-token grant), e.g. to renew channels."""
+class CrmSettings:
+    """The Zoho CRM account Patchbay calls: attachments out, notification channels renewed."""
 
     client_id: str = ""
     client_secret: str = ""
     refresh_token: str = ""
-    data_centre: DataCentre = "us"
+    data_center: DataCenter = "com"
     accounts_url: str = ""  # overrides the data centre's accounts server (emulator, tests)
     api_url: str = ""  # overrides the API base the token response names (emulator, tests)
+    api_version: str = "v8"
     timeout: float = 30.0
+    max_file_bytes: int = 20_971_520  # the seed's 20 MB; Zoho takes up to 100 MB today
+    calls_per_minute: int = 0  # 0: no limit; 60: the seed's rule, so its 5-minute block never comes
+    concurrency: int = 10  # calls in flight for the whole server (the edition's limit)
+    legacy_token: str = ""  # the authtoken old uploadFile clients send; empty: that endpoint is off
+    legacy_wait: float = 30.0  # seconds the legacy endpoint waits for the upload before answering
 
     @property
     def configured(self) -> bool:
         """Whether credentials are set."""
         return bool(self.client_id and self.client_secret and self.refresh_token)
+
+
+@dataclass(frozen=True, slots=True)
+class PushSettings:
+    """Firebase Cloud Messaging (HTTP v1) sends."""
+
+    service_account: str = ""  # path of the service-account JSON file
+    fcm_url: str = "https://fcm.googleapis.com"
+    iid_url: str = "https://iid.googleapis.com"  # topic management (batchAdd, batchRemove)
+    project_id: str = ""  # empty: the service account's own project
+    concurrency: int = 100  # requests in flight per process
+    timeout: float = 10.0  # seconds per request
+    deadline: float = 120.0  # seconds for one send to one device, every retry included
+    max_attempts: int = 6
+    retry_after_cap: float = 60.0  # a longer Retry-After is honoured only up to this
+    quota_floor: float = 60.0  # seconds to wait after a project-wide QUOTA_EXCEEDED
+    http2: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +193,8 @@ class Settings:
     databases: tuple[DatabaseSettings, ...] = ()
     jobs: JobsSettings = field(default_factory=JobsSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
-    zoho: ZohoSettings = field(default_factory=ZohoSettings)
+    crm: CrmSettings = field(default_factory=CrmSettings)
+    push: PushSettings = field(default_factory=PushSettings)
 
     def jobs_store_url(self) -> str:
         """The job store's URL, SQLite in the state directory unless one is set."""
@@ -233,7 +257,7 @@ def _merge_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
 
 
 def _build(raw: dict[str, Any]) -> Settings:
-    unknown = set(raw) - {"server", "sql", "databases", "jobs", "webhooks", "zoho"}
+    unknown = set(raw) - {"server", "sql", "databases", "jobs", "webhooks", "crm", "push"}
     if unknown:
         raise ConfigError(f"{sorted(unknown)[0]}: unknown section")
     server = _dataclass_from(ServerSettings, raw.get("server", {}), "server")
@@ -259,34 +283,53 @@ def _build(raw: dict[str, Any]) -> Settings:
     ):
         raise ConfigError("jobs.store: expected sqlite:///path or postgresql://...")
     webhooks = _webhooks(raw.get("webhooks", {}))
-    zoho = _zoho(raw.get("zoho", {}), webhooks)
+    crm = _crm(raw.get("crm", {}), webhooks)
     return Settings(
         server=server,
         sql=sql,
         databases=tuple(databases),
         jobs=jobs,
         webhooks=webhooks,
-        zoho=zoho,
+        crm=crm,
+        push=_push(raw.get("push", {})),
     )
 
 
-def _zoho(value: Any, webhooks: WebhookSettings) -> ZohoSettings:
-    zoho = _dataclass_from(ZohoSettings, value, "zoho")
+def _crm(value: Any, webhooks: WebhookSettings) -> CrmSettings:
+    crm = _dataclass_from(CrmSettings, value, "crm")
     for key in ("accounts_url", "api_url"):
-        url = getattr(zoho, key)
+        url = getattr(crm, key)
         if url and urlsplit(url).scheme.lower() not in ("http", "https"):
-            raise ConfigError(f"zoho.{key}: expected an http:// or https:// URL, got {url!r}")
-    if zoho.timeout <= 0:
-        raise ConfigError("zoho.timeout: must be positive")
+            raise ConfigError(f"crm.{key}: expected an http:// or https:// URL, got {url!r}")
+    if crm.timeout <= 0:
+        raise ConfigError("crm.timeout: must be positive")
+    if crm.concurrency < 1:
+        raise ConfigError("crm.concurrency: must be at least 1")
+    if not 0 < crm.max_file_bytes <= 104_857_600:
+        raise ConfigError("crm.max_file_bytes: must be between 1 and 104857600 (Zoho's 100 MB)")
     # Checked here, at start-up, rather than when the first renewal fails an hour later.
     needing = [s.name for s in webhooks.sources if s.channel_id]
     if needing:
         for key in ("client_id", "client_secret", "refresh_token"):
-            if not getattr(zoho, key):
+            if not getattr(crm, key):
                 raise ConfigError(
-                    f"zoho.{key}: required, since webhooks.sources.{needing[0]}.channel_id is set"
+                    f"crm.{key}: required, since webhooks.sources.{needing[0]}.channel_id is set"
                 )
-    return zoho
+    return crm
+
+
+def _push(value: Any) -> PushSettings:
+    push = _dataclass_from(PushSettings, value, "push")
+    for key in ("fcm_url", "iid_url"):
+        url = getattr(push, key)
+        if urlsplit(url).scheme.lower() not in ("http", "https"):
+            raise ConfigError(f"push.{key}: expected an http:// or https:// URL, got {url!r}")
+    for key in ("concurrency", "max_attempts"):
+        if getattr(push, key) < 1:
+            raise ConfigError(f"push.{key}: must be at least 1")
+    if push.timeout <= 0 or push.deadline <= 0:
+        raise ConfigError("push.timeout and push.deadline: must be positive")
+    return push
 
 
 def _webhooks(value: Any) -> WebhookSettings:

@@ -66,7 +66,7 @@ def test_channel_is_subscribed_and_notifications_reach_handlers(
     config.write_text(
         textwrap.dedent(
             f"""
-            [zoho]
+            [crm]
             client_id = "{emulator.client_id}"
             client_secret = "{emulator.client_secret}"
             refresh_token = "{emulator.refresh_token}"

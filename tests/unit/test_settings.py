@@ -77,11 +77,11 @@ def test_redact_url_hides_the_password() -> None:
 
 
 ZOHO_SOURCE = """
-[zoho]
+[crm]
 client_id = "1000.ID"
 client_secret = "secret"
 refresh_token = "1000.refresh"
-data_centre = "eu"
+data_center = "eu"
 [webhooks.sources.crm]
 provider = "zoho"
 secrets = ["channel-token"]
@@ -92,12 +92,12 @@ notify_url = "https://gw.example/hooks/crm"
 
 
 def test_zoho_section_and_channel_settings(tmp_path: Path) -> None:
-    """[zoho] holds the account; a zoho source's channel settings are validated and kept."""
+    """[crm] holds the account; a zoho source's channel settings are validated and kept."""
     config = tmp_path / "p.toml"
     config.write_text(ZOHO_SOURCE + "channel_lifetime = 172800\n")
-    settings = load(config, env={"PATCHBAY_ZOHO__TIMEOUT": "12"})
-    assert settings.zoho.data_centre == "eu" and settings.zoho.timeout == 12.0
-    assert settings.zoho.configured and (settings.zoho.accounts_url, settings.zoho.api_url) == (
+    settings = load(config, env={"PATCHBAY_CRM__TIMEOUT": "12"})
+    assert settings.crm.data_center == "eu" and settings.crm.timeout == 12.0
+    assert settings.crm.configured and (settings.crm.accounts_url, settings.crm.api_url) == (
         "",
         "",
     )
@@ -109,7 +109,7 @@ def test_zoho_section_and_channel_settings(tmp_path: Path) -> None:
         172800.0,
     )
     assert crm.channels == ("1000000068001",)  # so verification accepts only this channel
-    assert load(env={}).zoho.data_centre == "us"
+    assert load(env={}).crm.data_center == "com"
 
 
 @pytest.mark.parametrize(
@@ -140,9 +140,9 @@ def test_bad_channel_settings_name_their_key(tmp_path: Path, extra: str, message
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (ZOHO_SOURCE.replace('client_secret = "secret"\n', ""), "zoho.client_secret: required"),
-        (ZOHO_SOURCE.replace('"eu"', '"mars"'), "zoho.data_centre: expected one of"),
-        (ZOHO_SOURCE + "[zoho.x]\n", "zoho.x: unknown setting"),
+        (ZOHO_SOURCE.replace('client_secret = "secret"\n', ""), "crm.client_secret: required"),
+        (ZOHO_SOURCE.replace('"eu"', '"mars"'), "crm.data_center: expected one of"),
+        (ZOHO_SOURCE + "[crm.x]\n", "crm.x: unknown setting"),
         (
             ZOHO_SOURCE.replace('"1000000068001"', '"abc"'),
             "webhooks.sources.crm.channel_id: expected a number",
@@ -151,7 +151,7 @@ def test_bad_channel_settings_name_their_key(tmp_path: Path, extra: str, message
             ZOHO_SOURCE.replace('provider = "zoho"', 'provider = "github"'),
             "webhooks.sources.crm.channel_id: only a zoho source",
         ),
-        ('[zoho]\napi_url = "ftp://x"\n', "zoho.api_url: expected an http:// or https:// URL"),
+        ('[crm]\napi_url = "ftp://x"\n', "crm.api_url: expected an http:// or https:// URL"),
         (
             '[webhooks.sources.x]\nprovider = "zoho"\nevents = ["A.all"]\n',
             "events: needs channel_id",

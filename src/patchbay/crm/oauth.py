@@ -51,7 +51,7 @@ import orjson
 import structlog
 
 from patchbay.errors import ConfigError, PatchbayError
-from patchbay.settings import ZohoSettings
+from patchbay.settings import CrmSettings
 
 log = structlog.get_logger("patchbay.crm")
 
@@ -114,10 +114,10 @@ AUTH_HINTS: Final[Mapping[str, str]] = MappingProxyType(
     {
         "invalid_code": (
             "the refresh token is wrong, revoked, or belongs to another data centre or "
-            "environment (check zoho.refresh_token and zoho.data_centre)"
+            "environment (check crm.refresh_token and crm.data_center)"
         ),
-        "invalid_client": "zoho.client_id is unknown to this data centre's accounts server",
-        "invalid_client_secret": "zoho.client_secret does not match zoho.client_id",
+        "invalid_client": "crm.client_id is unknown to this data centre's accounts server",
+        "invalid_client_secret": "crm.client_secret does not match zoho.client_id",
     }
 )
 
@@ -154,13 +154,13 @@ DATA_CENTRES: Final[Mapping[str, DataCentre]] = MappingProxyType(
 )
 
 
-def data_centre(code: str) -> DataCentre:
+def data_center(code: str) -> DataCentre:
     """The data centre called ``code`` (``us`` or ``com``, ``eu``, ``in``, ...)."""
     try:
         return DATA_CENTRES[code.lower()]
     except KeyError:
         known = ", ".join(DATA_CENTRES)
-        raise ConfigError(f"zoho.data_centre: expected one of {known}, got {code!r}") from None
+        raise ConfigError(f"crm.data_center: expected one of {known}, got {code!r}") from None
 
 
 # -- values ------------------------------------------------------------------------------------
@@ -178,9 +178,9 @@ class Credentials:
     api_override: str = ""  # beats the answer's api_domain (emulator, tests)
 
     @classmethod
-    def from_settings(cls, zoho: ZohoSettings) -> Credentials:
-        """Credentials from ``[zoho]``: the data centre's hosts unless overridden."""
-        dc = data_centre(zoho.data_centre)
+    def from_settings(cls, zoho: CrmSettings) -> Credentials:
+        """Credentials from ``[crm]``: the data centre's hosts unless overridden."""
+        dc = data_center(zoho.data_center)
         return cls(
             client_id=zoho.client_id,
             client_secret=zoho.client_secret,
@@ -407,12 +407,12 @@ class TokenSource:
     @classmethod
     def from_settings(
         cls,
-        zoho: ZohoSettings,
+        zoho: CrmSettings,
         http: httpx.AsyncClient,
         *,
         clock: Callable[[], float] = time.time,
     ) -> TokenSource:
-        """A source for the ``[zoho]`` account."""
+        """A source for the ``[crm]`` account."""
         return cls(Credentials.from_settings(zoho), http, clock=clock, timeout=zoho.timeout)
 
     async def token(self) -> AccessToken:

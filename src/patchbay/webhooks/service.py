@@ -59,7 +59,7 @@ class Hooks:
         """Start running handlers, and renewing Zoho channels if a source has one."""
         self.dispatcher.start()
         if any(source.channel_id for source in self.settings.webhooks.sources):
-            self.http = httpx.AsyncClient(timeout=self.settings.zoho.timeout)
+            self.http = httpx.AsyncClient(timeout=self.settings.crm.timeout)
             self.renewal = ChannelRenewal(self.settings, self.store, http=self.http)
             try:
                 await self.renewal.start()

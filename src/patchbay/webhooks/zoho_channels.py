@@ -262,9 +262,9 @@ class ChannelRenewal:
         self.store = store
         self.http = http
         self.clock = clock
-        self.timeout = settings.zoho.timeout
+        self.timeout = settings.crm.timeout
         self._own_tokens = tokens is None
-        self.tokens = tokens or TokenSource.from_settings(settings.zoho, http, clock=clock)
+        self.tokens = tokens or TokenSource.from_settings(settings.crm, http, clock=clock)
         shortest = min((c.interval for c in self.channels.values()), default=tick * 4)
         # At least one tick per period, and then some, so no period goes unscheduled.
         self.tick = min(tick, shortest / 4)

@@ -24,13 +24,13 @@ from patchbay.crm.oauth import (
     ZohoUnavailable,
     api_error,
     authorized_request,
-    data_centre,
+    data_center,
     parse_refresh,
     refresh_request,
 )
 from patchbay.emulators.zoho import ManualClock, ZohoEmulator
 from patchbay.errors import ConfigError, PatchbayError
-from patchbay.settings import DataCentre, ZohoSettings
+from patchbay.settings import CrmSettings, DataCenter
 
 ACCOUNTS = "http://accounts.zoho.test"
 
@@ -174,28 +174,28 @@ def test_api_error_classifies() -> None:
     assert isinstance(nested, ZohoApiError) and nested.zoho_code == "INVALID_DATA"
 
 
-def test_data_centres() -> None:
+def test_data_centers() -> None:
     """Every data centre the settings accept is in the table; Canada uses zohocloud.ca."""
-    assert set(typing.get_args(DataCentre)) == set(DATA_CENTRES)
-    assert data_centre("ca").accounts_url == "https://accounts.zohocloud.ca"
-    assert data_centre("com") == data_centre("us")
-    assert data_centre("EU").api_domain == "https://www.zohoapis.eu"
-    with pytest.raises(ConfigError, match=re.escape("zoho.data_centre")):
-        data_centre("mars")
+    assert set(typing.get_args(DataCenter)) == set(DATA_CENTRES)
+    assert data_center("ca").accounts_url == "https://accounts.zohocloud.ca"
+    assert data_center("com") == data_center("us")
+    assert data_center("EU").api_domain == "https://www.zohoapis.eu"
+    with pytest.raises(ConfigError, match=re.escape("crm.data_center")):
+        data_center("mars")
 
 
 def test_credentials_from_settings() -> None:
     """The data centre's hosts, unless accounts_url or api_url override them; no secret shown."""
     creds = Credentials.from_settings(
-        ZohoSettings(
-            client_id="i", client_secret="s3cret", refresh_token="r3fresh", data_centre="au"
+        CrmSettings(
+            client_id="i", client_secret="s3cret", refresh_token="r3fresh", data_center="au"
         )
     )
     assert creds.accounts_url == "https://accounts.zoho.com.au"
     assert creds.api_domain == "https://www.zohoapis.com.au"
     assert "s3cret" not in repr(creds) and "r3fresh" not in repr(creds)
     local = Credentials.from_settings(
-        ZohoSettings(accounts_url="http://a.test/", api_url="http://b.test/")
+        CrmSettings(accounts_url="http://a.test/", api_url="http://b.test/")
     )
     assert (local.accounts_url, local.api_override) == ("http://a.test", "http://b.test")
 
@@ -313,7 +313,7 @@ async def test_invalid_code_with_http_200(
     tokens = TokenSource(credentials(emulator, refresh_token="revoked"), http, clock=clock)
     with pytest.raises(ZohoAuthError, match="invalid_code") as caught:
         await tokens.token()
-    assert "zoho.refresh_token" in caught.value.message
+    assert "crm.refresh_token" in caught.value.message
     assert emulator.calls[-1].status == 200
 
 

@@ -138,7 +138,7 @@ def settings_for(
         f"""
 [jobs]
 poll_interval = 0.005
-[zoho]
+[crm]
 client_id = "{emulator.client_id}"
 client_secret = "{emulator.client_secret}"
 refresh_token = "{refresh_token or emulator.refresh_token}"
