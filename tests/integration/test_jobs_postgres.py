@@ -113,6 +113,22 @@ async def test_a_put_on_one_instance_wakes_another(instances: Opener) -> None:
         await waiter
 
 
+async def test_take_prunes_calls_that_left_the_window(
+    instances: Opener, clock: FakeClock, postgres_url: str, schema: str
+) -> None:
+    """Calls older than the window are deleted as calls are taken, so the table stays small."""
+    store = await instances()
+    for _ in range(50):
+        await store.take("zoho", 3, 10)
+        await store.take("other", 3, 10)
+        clock.advance(1)
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        assert await conn.fetchval(f'SELECT count(*) FROM "{schema}".calls') == 6
+    finally:
+        await conn.close()
+
+
 async def test_a_text_the_server_rejects_fails_alone(instances: Opener) -> None:
     """A key PostgreSQL cannot store (a NUL) fails its own put, not its batch's others."""
     store = await instances()
@@ -132,6 +148,8 @@ async def test_a_closed_port_is_unavailable() -> None:
             await store.open()
     with pytest.raises(StoreUnavailable):
         await store.put(message("a"))
+    with pytest.raises(StoreUnavailable):
+        await store.take("zoho", 60, 60)
 
 
 async def test_a_cut_or_silent_server_is_unavailable_then_recovers(
@@ -152,6 +170,8 @@ async def test_a_cut_or_silent_server_is_unavailable_then_recovers(
                         await store.counts()
                     with pytest.raises(StoreUnavailable):
                         await store.put(message("b"))
+                    with pytest.raises(StoreUnavailable):
+                        await store.take("zoho", 60, 60)
                 proxy.heal()
                 async with asyncio.timeout(20):
                     while True:  # a black-holed connection may still fail once or twice

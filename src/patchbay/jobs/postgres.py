@@ -19,6 +19,10 @@
   with the queue name; a dedicated listening connection sets this instance's per-queue event, so
   a put in another instance wakes this one's waiters. If that connection is lost, waiters fall
   back to their poll timeout until it is opened again.
+- **Shared state.** Values, locks and rate budgets live in tables of the same schema, so every
+  worker of every instance shares one token cache, one lock and one budget. A lock is one
+  ``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` (the row lock makes it atomic); a budget's
+  check and record run under a transaction-level advisory lock on the bucket.
 - **Time** is the injected clock's, stored as double precision epoch seconds, never the
   database server's, so every instance and the tests agree on one notion of "now".
 - **Errors.** Connection loss, timeouts, and the server's "cannot do it now" classes (connection,
@@ -49,7 +53,7 @@ from patchbay.jobs.model import (
     Status,
     StoredMessage,
 )
-from patchbay.jobs.store import QueuedPut, Row, StoreUnavailable
+from patchbay.jobs.store import QueuedPut, Row, StoreUnavailable, Value
 
 MAX_BATCH: Final = 1024
 IDENTIFIER: Final = re.compile(r"[a-z_][a-z0-9_]{0,47}")
@@ -334,6 +338,51 @@ class PostgresStore:
             # Cleared only here, so a wake-up that came while nobody waited is not lost.
             event.clear()
 
+    # -- shared state ------------------------------------------------------------------------
+
+    async def get_value(self, key: str) -> Value | None:
+        """The value stored under ``key``, unless it is missing or expired."""
+        pool = self._open_pool()
+        with translated("get value"):
+            row = await pool.fetchrow(self._sql.get_value, key, self.clock())
+        return None if row is None else Value(bytes(row["data"]), row["expires_at"])
+
+    async def set_value(self, key: str, data: bytes, *, expires_at: float | None = None) -> None:
+        """Store ``data`` under ``key`` (replacing any), until ``expires_at`` if given."""
+        pool = self._open_pool()
+        with translated("set value"):
+            await pool.execute(self._sql.set_value, key, bytes(data), expires_at, self.clock())
+
+    async def acquire(self, name: str, owner: str, ttl: float) -> bool:
+        """Take the lock ``name`` for ``ttl`` seconds if it is free, expired or already ours."""
+        now = self.clock()
+        pool = self._open_pool()
+        with translated("acquire"):
+            row = await pool.fetchrow(self._sql.acquire, name, owner, now + ttl, now)
+        return row is not None
+
+    async def release(self, name: str, owner: str) -> None:
+        """Free the lock ``name`` if ``owner`` holds it."""
+        pool = self._open_pool()
+        with translated("release"):
+            await pool.execute(self._sql.release, name, owner)
+
+    async def take(self, bucket: str, limit: int, window: float) -> float:
+        """Spend one call from a sliding-window budget (see ``Store.take``)."""
+        _check_budget(limit, window)
+        now = self.clock()
+        # A call made at ``at`` is in the window while ``at > horizon``; ``at - horizon`` is then
+        # its time left, and positive even after rounding, unlike ``at + window - now``.
+        horizon = now - window
+        pool = self._open_pool()
+        with translated("take"):
+            async with pool.acquire() as conn, conn.transaction():
+                # A statement of its own: a READ COMMITTED statement reads the snapshot taken
+                # when it began, so the check must start after the lock is held.
+                await conn.execute(self._sql.lock_key, self._bucket_lock_id(bucket))
+                blocking = await conn.fetchval(self._sql.take, bucket, horizon, now, limit)
+        return 0.0 if blocking is None else float(blocking) - horizon
+
     # -- internals ---------------------------------------------------------------------------
 
     def _open_pool(self) -> asyncpg.Pool:
@@ -477,8 +526,22 @@ class PostgresStore:
 
     def _lock_id(self, job: NewJob) -> int:
         name = "\0".join((self.schema, job.queue, job.task, job.ordering_key or ""))
-        digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big", signed=True)
+        return _advisory_key(name)
+
+    def _bucket_lock_id(self, bucket: str) -> int:
+        # The ':' cannot occur in a schema name, so this never names an ordering key's lock.
+        return _advisory_key(f"calls:{self.schema}\0{bucket}")
+
+
+def _advisory_key(name: str) -> int:
+    """A 64-bit advisory lock key for a name."""
+    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _check_budget(limit: int, window: float) -> None:
+    if limit < 1 or not window > 0:
+        raise ValueError(f"a budget needs limit >= 1 and window > 0, not {limit} per {window}")
 
 
 class _Statements:
@@ -522,8 +585,62 @@ CREATE INDEX IF NOT EXISTS jobs_due ON {s}.jobs (queue, run_at, id) WHERE status
 CREATE INDEX IF NOT EXISTS jobs_order ON {s}.jobs (queue, task, ordering_key, id)
     WHERE status IN {ACTIVE} AND ordering_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_status ON {s}.jobs (queue, status);
+CREATE TABLE IF NOT EXISTS {s}.kv (
+    key text PRIMARY KEY,
+    data bytea NOT NULL,
+    expires_at double precision
+);
+CREATE TABLE IF NOT EXISTS {s}.locks (
+    name text PRIMARY KEY,
+    owner text NOT NULL,
+    expires_at double precision NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {s}.calls (
+    bucket text NOT NULL,
+    at double precision NOT NULL
+);
+CREATE INDEX IF NOT EXISTS calls_bucket ON {s}.calls (bucket, at);
 """
         self.lock_keys = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k"
+        self.lock_key = "SELECT pg_advisory_xact_lock($1::bigint)"
+        self.get_value = f"""
+SELECT data, expires_at FROM {s}.kv WHERE key = $1 AND (expires_at IS NULL OR expires_at > $2)
+"""
+        # Expired values are dropped on the way, so keys that are never set again do not pile
+        # up. SKIP LOCKED: the clean-up never waits, so it cannot deadlock with another set;
+        # ``key`` itself is left to the upsert, as one statement may not change a row twice.
+        self.set_value = f"""
+WITH expired AS (
+    DELETE FROM {s}.kv WHERE key IN (
+        SELECT key FROM {s}.kv WHERE expires_at <= $4 AND key <> $1 FOR UPDATE SKIP LOCKED))
+INSERT INTO {s}.kv (key, data, expires_at) VALUES ($1, $2, $3)
+ON CONFLICT (key) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at
+"""
+        # The conflicting row is locked and the WHERE checked on its latest version, so of two
+        # racing owners exactly one gets a row back.
+        self.acquire = f"""
+INSERT INTO {s}.locks AS l (name, owner, expires_at) VALUES ($1, $2, $3)
+ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+    WHERE l.owner = excluded.owner OR l.expires_at <= $4
+RETURNING 1
+"""
+        self.release = f"DELETE FROM {s}.locks WHERE name = $1 AND owner = $2"
+        # Run under the bucket's advisory lock. The call that has to leave the window before
+        # another fits is the ``limit``-th newest; without one, the call is recorded. Every part
+        # reads the statement's one snapshot, so the old calls' deletion does not hide them
+        # from the check (which skips them anyway).
+        self.take = f"""
+WITH pruned AS (DELETE FROM {s}.calls WHERE bucket = $1 AND at <= $2),
+blocking AS (
+    SELECT at FROM {s}.calls WHERE bucket = $1 AND at > $2
+    ORDER BY at DESC LIMIT 1 OFFSET $4::int - 1
+),
+recorded AS (
+    INSERT INTO {s}.calls (bucket, at)
+    SELECT $1, $3 WHERE NOT EXISTS (SELECT 1 FROM blocking)
+)
+SELECT at FROM blocking
+"""
         # Rows go in in array order, which the caller sorted by (stream, key).
         self.insert_messages = f"""
 INSERT INTO {s}.messages (stream, key, body, meta, created_at)

@@ -19,6 +19,10 @@
 - **Waking.** SQLite cannot notify another process. An ``asyncio.Event`` per queue wakes this
   process's waiters when a put creates jobs or a replay, failure or success may have made some
   runnable; work done by other processes is seen at the waiter's next poll.
+- **Shared state.** Values, locks and rate budgets live in small tables of the same file, so
+  every worker process sees one token cache, one lock and one budget. A lock or a budget is
+  decided inside one ``BEGIN IMMEDIATE`` transaction: its read and its write see no other
+  process's commit in between. Times are the injected clock's, never SQLite's.
 - **Errors.** A ``sqlite3`` error saying the file cannot be used now (I/O error, disk full, locked
   past ``busy_timeout``, cannot open, corrupt, read-only) becomes ``StoreUnavailable``. The
   connection is then dropped and the next operation opens it again, so the store recovers when
@@ -49,7 +53,7 @@ from patchbay.jobs.model import (
     Status,
     StoredMessage,
 )
-from patchbay.jobs.store import QueuedPut, Row, StoreUnavailable
+from patchbay.jobs.store import QueuedPut, Row, StoreUnavailable, Value
 
 T = TypeVar("T")
 
@@ -86,6 +90,21 @@ CREATE INDEX IF NOT EXISTS jobs_due ON jobs (queue, run_at) WHERE status IN {ACT
 CREATE INDEX IF NOT EXISTS jobs_order ON jobs (queue, task, ordering_key, id)
     WHERE status IN {ACTIVE} AND ordering_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (queue, status);
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    expires_at REAL
+);
+CREATE TABLE IF NOT EXISTS locks (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS calls (
+    bucket TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS calls_bucket ON calls (bucket, at);
 """
 
 JOB_COLUMNS: Final = (
@@ -128,6 +147,25 @@ HELD: Final = (
     "id = :job_id AND owner = :owner AND status = 'running'"
     " AND (:attempt IS NULL OR attempts = :attempt)"
 )
+GET_VALUE: Final = (
+    "SELECT data, expires_at FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)"
+)
+SET_VALUE: Final = """
+INSERT INTO kv (key, data, expires_at) VALUES (?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at
+"""
+# The row is written only when the lock is free (no row), expired, or already this owner's;
+# RETURNING then says whether it was.
+ACQUIRE: Final = """
+INSERT INTO locks (name, owner, expires_at) VALUES (:name, :owner, :until)
+ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+    WHERE locks.owner = excluded.owner OR locks.expires_at <= :now
+RETURNING 1
+"""
+# The call that has to leave the window before another fits: the ``limit``-th newest.
+BLOCKING_CALL: Final = """
+SELECT at FROM calls WHERE bucket = ? AND at > ? ORDER BY at DESC LIMIT 1 OFFSET ?
+"""
 SELECT_MESSAGES: Final = (
     f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id IN (SELECT value FROM json_each(?))"
 )
@@ -374,6 +412,56 @@ class SqliteStore:
             # Cleared only here, so a wake-up that came while nobody waited is not lost.
             event.clear()
 
+    # -- shared state ------------------------------------------------------------------------
+
+    async def get_value(self, key: str) -> Value | None:
+        """The value stored under ``key``, unless it is missing or expired."""
+        args = (key, self.clock())
+        row = await self._call(lambda conn: conn.execute(GET_VALUE, args).fetchone())
+        return None if row is None else Value(bytes(row[0]), row[1])
+
+    async def set_value(self, key: str, data: bytes, *, expires_at: float | None = None) -> None:
+        """Store ``data`` under ``key`` (replacing any), until ``expires_at`` if given."""
+        now = self.clock()
+        args = (key, bytes(data), expires_at)
+
+        def set_value(conn: sqlite3.Connection) -> None:
+            # Expired values are dropped here, so keys that are never set again do not pile up.
+            conn.execute("DELETE FROM kv WHERE expires_at <= ?", (now,))
+            conn.execute(SET_VALUE, args)
+
+        await self._write(set_value)
+
+    async def acquire(self, name: str, owner: str, ttl: float) -> bool:
+        """Take the lock ``name`` for ``ttl`` seconds if it is free, expired or already ours."""
+        now = self.clock()
+        args = {"name": name, "owner": owner, "until": now + ttl, "now": now}
+        rows = await self._write(lambda conn: conn.execute(ACQUIRE, args).fetchall())
+        return bool(rows)
+
+    async def release(self, name: str, owner: str) -> None:
+        """Free the lock ``name`` if ``owner`` holds it."""
+        sql = "DELETE FROM locks WHERE name = ? AND owner = ?"
+        await self._write(lambda conn: conn.execute(sql, (name, owner)).rowcount)
+
+    async def take(self, bucket: str, limit: int, window: float) -> float:
+        """Spend one call from a sliding-window budget (see ``Store.take``)."""
+        _check_budget(limit, window)
+        now = self.clock()
+        # A call made at ``at`` is in the window while ``at > horizon``; ``at - horizon`` is then
+        # its time left, and positive even after rounding, unlike ``at + window - now``.
+        horizon = now - window
+
+        def take(conn: sqlite3.Connection) -> float:
+            conn.execute("DELETE FROM calls WHERE bucket = ? AND at <= ?", (bucket, horizon))
+            row = conn.execute(BLOCKING_CALL, (bucket, horizon, limit - 1)).fetchone()
+            if row is not None:
+                return float(row[0]) - horizon
+            conn.execute("INSERT INTO calls (bucket, at) VALUES (?, ?)", (bucket, now))
+            return 0.0
+
+        return await self._write(take)
+
     # -- the event loop's side ---------------------------------------------------------------
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
@@ -566,6 +654,11 @@ def _insert(conn: sqlite3.Connection, row: Row) -> Put:
         ],
     )
     return Put(message_id, created=True)
+
+
+def _check_budget(limit: int, window: float) -> None:
+    if limit < 1 or not window > 0:
+        raise ValueError(f"a budget needs limit >= 1 and window > 0, not {limit} per {window}")
 
 
 def _held(job_id: int, owner: str, attempt: int | None) -> dict[str, Any]:

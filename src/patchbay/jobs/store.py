@@ -93,6 +93,32 @@ class Store(Protocol):
     async def wait(self, queue: str, seconds: float) -> None:
         """Return when jobs of ``queue`` may have become runnable, or after ``seconds``."""
 
+    # Shared state: what every worker process (and, on PostgreSQL, every instance) must agree
+    # on: a cached access token, one refresh at a time, one rate budget for an outside account.
+
+    async def get_value(self, key: str) -> Value | None:
+        """The value stored under ``key``, unless it is missing or expired."""
+
+    async def set_value(self, key: str, data: bytes, *, expires_at: float | None = None) -> None:
+        """Store ``data`` under ``key`` (replacing any), until ``expires_at`` if given."""
+
+    async def acquire(self, name: str, owner: str, ttl: float) -> bool:
+        """Take the lock ``name`` for ``ttl`` seconds if it is free, expired or already ours.
+
+        Taking it again as its owner extends it. Never blocks: False means someone else has it.
+        """
+
+    async def release(self, name: str, owner: str) -> None:
+        """Free the lock ``name`` if ``owner`` holds it."""
+
+    async def take(self, bucket: str, limit: int, window: float) -> float:
+        """Spend one call from a sliding-window budget of ``limit`` calls per ``window`` seconds.
+
+        Returns 0.0 and records the call when fewer than ``limit`` were recorded in the last
+        ``window`` seconds; otherwise records nothing and returns the seconds until the oldest
+        of them leaves the window. Atomic across processes and instances.
+        """
+
 
 __all__ = [
     "Claim",
@@ -104,7 +130,16 @@ __all__ = [
     "Store",
     "StoreUnavailable",
     "StoredMessage",
+    "Value",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    """A stored value and when it expires (None: never)."""
+
+    data: bytes
+    expires_at: float | None
 
 
 @dataclass(frozen=True, slots=True)

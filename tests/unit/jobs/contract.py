@@ -15,7 +15,7 @@ from typing import Any, Protocol, cast
 import pytest
 
 from patchbay.jobs.model import Job, Message, NewJob, Selection, Status
-from patchbay.jobs.store import Store, StoreUnavailable
+from patchbay.jobs.store import Store, StoreUnavailable, Value
 
 START = 1_700_000_000.0
 LEASE = 30.0
@@ -533,3 +533,133 @@ class StoreContract:
         """With nothing to do, wait returns after its timeout."""
         async with asyncio.timeout(5):
             await store.wait("idle", 0.05)
+
+    # -- shared values -------------------------------------------------------------------------
+
+    async def test_value_missing_then_stored(self, store: Store) -> None:
+        """A key never set has no value; a set one reads back byte for byte, without expiry."""
+        assert await store.get_value("token") is None
+        await store.set_value("token", b"\x00secret\xff")
+        await store.set_value("empty", b"")
+        assert await store.get_value("token") == Value(b"\x00secret\xff", None)
+        assert await store.get_value("empty") == Value(b"", None)
+        assert await store.get_value("other") is None
+
+    async def test_value_expires(self, store: Store, clock: FakeClock) -> None:
+        """A value with ``expires_at`` reads back until then, and is gone from that moment."""
+        await store.set_value("token", b"a", expires_at=clock.now + 10)
+        await store.set_value("forever", b"f")
+        clock.advance(9.5)
+        assert await store.get_value("token") == Value(b"a", clock.now + 0.5)
+        clock.advance(0.5)
+        assert await store.get_value("token") is None
+        clock.advance(1_000_000)
+        assert await store.get_value("forever") == Value(b"f", None)
+
+    async def test_value_set_replaces(self, store: Store, clock: FakeClock) -> None:
+        """Setting a key replaces its data and its expiry, even after it expired."""
+        await store.set_value("token", b"old", expires_at=clock.now + 10)
+        await store.set_value("token", b"new", expires_at=clock.now + 20)
+        assert await store.get_value("token") == Value(b"new", clock.now + 20)
+        await store.set_value("token", b"forever")
+        clock.advance(100)
+        assert await store.get_value("token") == Value(b"forever", None)
+        await store.set_value("token", b"brief", expires_at=clock.now + 1)
+        clock.advance(1)
+        assert await store.get_value("token") is None
+        await store.set_value("token", b"again", expires_at=clock.now + 1)
+        assert await store.get_value("token") == Value(b"again", clock.now + 1)
+
+    async def test_values_are_shared(self, opener: Opener) -> None:
+        """A value one store sets is read by another on the same storage."""
+        a, b = await opener(), await opener()
+        await a.set_value("token", b"shared")
+        assert await b.get_value("token") == Value(b"shared", None)
+
+    # -- locks ---------------------------------------------------------------------------------
+
+    async def test_lock_is_taken_once(self, opener: Opener) -> None:
+        """A free lock goes to the first owner; another owner, in any store, is refused."""
+        a, b = await opener(), await opener()
+        assert await a.acquire("refresh", "w1", 10)
+        assert not await a.acquire("refresh", "w2", 10)
+        assert not await b.acquire("refresh", "w3", 10)
+        assert await b.acquire("other", "w3", 10)
+
+    async def test_lock_owner_extends(self, store: Store, clock: FakeClock) -> None:
+        """Taking a lock again as its owner succeeds and runs its ``ttl`` from now."""
+        assert await store.acquire("refresh", "w1", 10)
+        clock.advance(8)
+        assert await store.acquire("refresh", "w1", 10)
+        clock.advance(9)  # past the first ttl, within the second
+        assert not await store.acquire("refresh", "w2", 10)
+        clock.advance(1)
+        assert await store.acquire("refresh", "w2", 10)
+
+    async def test_lock_expires(self, store: Store, clock: FakeClock) -> None:
+        """A lock is free once its ``ttl`` has passed; its old owner then no longer holds it."""
+        assert await store.acquire("refresh", "w1", 10)
+        clock.advance(9.5)
+        assert not await store.acquire("refresh", "w2", 10)
+        clock.advance(0.5)
+        assert await store.acquire("refresh", "w2", 10)
+        assert not await store.acquire("refresh", "w1", 10)
+
+    async def test_lock_released_only_by_owner(self, store: Store) -> None:
+        """Release by another owner changes nothing; by the owner it frees the lock."""
+        await store.release("refresh", "nobody")  # a lock nobody holds: nothing to do
+        assert await store.acquire("refresh", "w1", 10)
+        await store.release("refresh", "w2")
+        assert not await store.acquire("refresh", "w2", 10)
+        await store.release("refresh", "w1")
+        assert await store.acquire("refresh", "w2", 10)
+        await store.release("refresh", "w1")  # no longer its owner
+        assert not await store.acquire("refresh", "w1", 10)
+
+    async def test_racing_owners_get_the_lock_once(self, opener: Opener) -> None:
+        """Of many owners in two stores asking for one free lock at once, exactly one gets it."""
+        a, b = await opener(), await opener()
+        got = await asyncio.gather(
+            *((a, b)[i % 2].acquire("refresh", f"w{i}", 10) for i in range(20))
+        )
+        assert sum(got) == 1
+
+    # -- rate budgets --------------------------------------------------------------------------
+
+    async def test_take_spends_the_budget_then_says_how_long_to_wait(
+        self, store: Store, clock: FakeClock
+    ) -> None:
+        """``limit`` calls fit in a window; the next waits until the oldest leaves it."""
+        t0 = clock.now
+        assert await store.take("zoho", 3, 10) == 0.0
+        clock.advance(2)
+        assert await store.take("zoho", 3, 10) == 0.0
+        clock.advance(3)
+        assert await store.take("zoho", 3, 10) == 0.0
+        assert await store.take("zoho", 3, 10) == t0 + 10 - clock.now  # 5 s
+        clock.advance(4.5)
+        assert await store.take("zoho", 3, 10) == 0.5
+        assert await store.take("other", 3, 10) == 0.0  # budgets are per bucket
+
+    async def test_take_frees_calls_as_they_leave_the_window(
+        self, store: Store, clock: FakeClock
+    ) -> None:
+        """A call leaves the window ``window`` seconds after it; refused calls are not recorded."""
+        t0 = clock.now
+        for at in (0, 2, 5):
+            clock.now = t0 + at
+            assert await store.take("zoho", 3, 10) == 0.0
+        for _ in range(5):
+            assert await store.take("zoho", 3, 10) > 0
+        clock.now = t0 + 10  # the first call (t0) leaves: room for exactly one
+        assert await store.take("zoho", 3, 10) == 0.0
+        assert await store.take("zoho", 3, 10) == 2.0  # the call at t0 + 2 leaves next
+        clock.now = t0 + 100  # all gone
+        assert [await store.take("zoho", 3, 10) for _ in range(4)] == [0.0, 0.0, 0.0, 10.0]
+
+    async def test_concurrent_takes_spend_the_budget_once(self, opener: Opener) -> None:
+        """Two stores taking from one bucket at once record exactly ``limit`` calls in total."""
+        a, b = await opener(), await opener()
+        waits = await asyncio.gather(*((a, b)[i % 2].take("zoho", 60, 60) for i in range(200)))
+        assert waits.count(0.0) == 60
+        assert set(waits) == {0.0, 60.0}  # the clock stands still: every call leaves in 60 s

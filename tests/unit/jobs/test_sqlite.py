@@ -19,20 +19,24 @@ from patchbay.jobs.store import Store, StoreUnavailable
 from tests.unit.jobs.contract import FakeClock, Opener, StoreContract, message
 
 # Run in another process: open the store, say "ready", wait for the go file, then race.
+# Modes: "put" 100 messages, "take" 100 calls from one budget, or claim as the owner named.
 RACER = """
-import asyncio, json, sys
+import asyncio, json, sys, time
 from pathlib import Path
 from patchbay.jobs.model import Message, NewJob
 from patchbay.jobs.sqlite import SqliteStore
 
 async def main(path: str, mode: str, go: str) -> None:
-    store = SqliteStore(path)
+    # Takes run on a clock that stands still, so only the budget can refuse a call.
+    store = SqliteStore(path, clock=(lambda: 1_700_000_000.0) if mode == "take" else time.time)
     await store.open()
     print("ready", flush=True)
     while not Path(go).exists():
         await asyncio.sleep(0.002)
     out = []
-    if mode == "put":
+    if mode == "take":
+        out = [await store.take("zoho", 60, 60) for _ in range(100)]
+    elif mode == "put":
         for i in range(100):
             put = await store.put(Message("race", f"k{i}", b"", {}, (NewJob("q", "t"),)))
             out.append([put.message_id, put.created])
@@ -174,6 +178,40 @@ async def test_claims_from_two_processes_never_overlap(tmp_path: Path) -> None:
         await store.close()
 
 
+def count_calls(conn: sqlite3.Connection) -> int:
+    """How many calls the ``calls`` table holds."""
+    return int(conn.execute("SELECT count(*) FROM calls").fetchone()[0])
+
+
+async def test_takes_from_two_processes_spend_the_budget_once(tmp_path: Path) -> None:
+    """Two processes taking 100 calls each from a budget of 60 record exactly 60 in total."""
+    path = tmp_path / "jobs.db"
+    first, second = await race(path, ["take", "take"])
+    waits = first + second
+    assert waits.count(0.0) == 60
+    assert set(waits) == {0.0, 60.0}
+    conn = sqlite3.connect(path)
+    try:
+        assert count_calls(conn) == 60
+    finally:
+        conn.close()
+
+
+async def test_take_prunes_calls_that_left_the_window(tmp_path: Path) -> None:
+    """Calls older than the window are deleted as calls are taken, so the table stays small."""
+    clock = FakeClock()
+    store = SqliteStore(tmp_path / "jobs.db", clock=clock)
+    await store.open()
+    try:
+        for _ in range(50):
+            await store.take("zoho", 3, 10)
+            await store.take("other", 3, 10)
+            clock.advance(1)
+        assert await store._call(count_calls) == 6  # the last 3 calls of each bucket
+    finally:
+        await store.close()
+
+
 async def test_a_path_that_cannot_be_opened_is_unavailable(tmp_path: Path) -> None:
     """Opening a file under a regular file raises StoreUnavailable, promptly."""
     (tmp_path / "plain").write_text("not a directory")
@@ -197,6 +235,10 @@ async def test_a_lock_held_past_busy_timeout_is_unavailable(tmp_path: Path) -> N
                 await store.put(message("a"))
             with pytest.raises(StoreUnavailable):
                 await store.claim("q", "w", limit=1, lease=1)
+            with pytest.raises(StoreUnavailable):
+                await store.take("zoho", 60, 60)
+            with pytest.raises(StoreUnavailable):
+                await store.acquire("refresh", "w", 10)
         holder.execute("ROLLBACK")
         assert (await store.put(message("a"))).created
     finally:
@@ -225,3 +267,7 @@ async def test_a_closed_store_is_unavailable(store: SqliteStore) -> None:
         await store.put(message("a"))
     with pytest.raises(StoreUnavailable):
         await store.counts()
+    with pytest.raises(StoreUnavailable):
+        await store.get_value("token")
+    with pytest.raises(StoreUnavailable):
+        await store.take("zoho", 60, 60)
