@@ -44,7 +44,8 @@ log = structlog.get_logger("patchbay.server")
 Respond = Callable[[str, str, bytes, bytes | None, str | None, str | None], Awaitable[Reply]]
 Receive = Callable[[Request], Awaitable[Reply]]
 BodyLimit = Callable[[str], int | None]
-FULL_PREFIX: Final = b"/hooks/"  # paths whose endpoints read headers and a body
+# Paths whose endpoints read headers and a body; the SQL hot path keeps neither.
+FULL_PREFIXES: Final = (b"/hooks/", b"/v1/push", b"/v1/crm/", b"/crm/private/")
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 URL_SLACK: Final = 16 * 1024  # room for the path and the escapes of a request at the limit
@@ -129,7 +130,7 @@ class Pending(NamedTuple):
     url: bytes
     authorization: bytes | None
     keep_alive: bool
-    whole: tuple[dict[str, str], bytes] | None  # headers and body, for FULL_PREFIX paths
+    whole: tuple[dict[str, str], bytes] | None  # headers and body, for FULL_PREFIXES paths
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -153,7 +154,7 @@ class HttpProtocol(asyncio.Protocol):
         self._body_bytes = 0
         self._body_limit = state.limits.max_body_bytes
         self._refused = False
-        # Only requests to FULL_PREFIX keep every header and their body; None: not known yet.
+        # Only requests to FULL_PREFIXES keep every header and their body; None: not known yet.
         self._full: bool | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
@@ -220,7 +221,7 @@ class HttpProtocol(asyncio.Protocol):
             self._refuse(431, b"request headers too large")
             raise ValueError("headers too large")
         if self._full is None:  # the request target is complete once headers start
-            self._full = self._url.startswith(FULL_PREFIX) and self.state.receive is not None
+            self._full = self._url.startswith(FULL_PREFIXES) and self.state.receive is not None
         if self._full:
             self._headers.append((name, value))
         if len(name) == 13 and name.lower() == b"authorization":
@@ -229,7 +230,7 @@ class HttpProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         """Refuse a body over the endpoint's limit before reading it; answer ``Expect``."""
         if self._full is None:
-            self._full = self._url.startswith(FULL_PREFIX) and self.state.receive is not None
+            self._full = self._url.startswith(FULL_PREFIXES) and self.state.receive is not None
         if not self._full:
             return
         if self.state.body_limit is not None:

@@ -180,7 +180,7 @@ class Worker:
         if not kept:
             log.warning("lease lost before the outcome was recorded", job=job.id, task=job.task)
             return
-        level = log.info if outcome == "succeeded" else log.warning
+        level = log.debug if outcome == "succeeded" else log.warning
         level(
             "job " + outcome,
             queue=self.queue,

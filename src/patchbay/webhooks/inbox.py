@@ -52,6 +52,7 @@ class Inbox:
     ) -> tuple[Put, int]:
         """Store one delivery; return what the store did and how many handler runs it made."""
         received = self.clock()
+        routes = source.router.match(source.name, envelope.event)
         probe = Context(
             source=source.name,
             event=envelope.event,
@@ -64,7 +65,7 @@ class Inbox:
         )
         jobs = tuple(
             NewJob(queue=QUEUE, task=route.name, ordering_key=_ordering_key(route, probe))
-            for route in source.router.match(source.name, envelope.event)
+            for route in routes
         )
         message = Message(
             stream=source.stream,

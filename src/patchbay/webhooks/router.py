@@ -43,14 +43,17 @@ class Context:
     headers: Mapping[str, str]
     attempt: int
     received_at: float
-    log: Any = field(default=None, compare=False, repr=False)  # a logger bound to the delivery
+    _log: Any = field(default=None, compare=False, repr=False)
 
-    def __post_init__(self) -> None:
-        if self.log is None:
+    @property
+    def log(self) -> Any:
+        """A logger bound to this delivery (made on first use: most handlers never log)."""
+        if self._log is None:
             bound = structlog.get_logger("patchbay.webhooks").bind(
                 source=self.source, hook=self.event, delivery=self.delivery_key
             )
-            object.__setattr__(self, "log", bound)
+            object.__setattr__(self, "_log", bound)
+        return self._log
 
 
 @dataclass(frozen=True, slots=True)
