@@ -1,7 +1,10 @@
-"""The Zoho emulator: the accounts server's rules and the notification API's validation."""
+"""The Zoho emulator: the accounts server, the Attachments API, its limits and faults, notifications."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -9,8 +12,18 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from python_multipart.multipart import MAX_BOUNDARY_LENGTH
 
-from patchbay.emulators.zoho import WEEK, ManualClock, ZohoEmulator, iso
+from patchbay.emulators.zoho import (
+    WEEK,
+    ConnectionDropped,
+    Fault,
+    Limits,
+    ManualClock,
+    ScaledClock,
+    ZohoEmulator,
+    iso,
+)
 
 WATCH = "/crm/v8/actions/watch"
 
@@ -368,3 +381,548 @@ async def test_unknown_path_and_method(emulator: ZohoEmulator, http: httpx.Async
     """Unknown paths are 404, known paths with other methods 405."""
     assert (await http.get("/crm/v8/nowhere")).status_code == 404
     assert (await http.get("/oauth/v2/token")).status_code == 405
+
+
+# -- attachments -------------------------------------------------------------------------------
+
+LEADS = "/crm/v8/Leads/1000000000001/Attachments"
+
+
+async def bearer(emulator: ZohoEmulator, http: httpx.AsyncClient) -> dict[str, str]:
+    """The Authorization header of a fresh access token."""
+    return {"authorization": f"Zoho-oauthtoken {await access_token(emulator, http)}"}
+
+
+async def upload(
+    http: httpx.AsyncClient,
+    headers: dict[str, str],
+    path: str = LEADS,
+    content: bytes = b"hello",
+    name: str = "report.pdf",
+    **kwargs: Any,
+) -> httpx.Response:
+    """Upload ``content`` as the multipart ``file``."""
+    files = {"file": (name, content, "application/pdf")}
+    return await http.post(path, files=files, headers=headers, **kwargs)
+
+
+async def chunks(data: bytes, size: int) -> AsyncIterator[bytes]:
+    """``data`` as a streamed body, ``size`` bytes at a time."""
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def multipart(content: bytes, boundary: str = "b0undary", **fields: str) -> bytes:
+    """A multipart body with ``file`` and text ``fields``, built by hand."""
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.bin"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n".encode()
+        + content
+        + b"\r\n"
+    )
+    return b"".join(parts) + f"--{boundary}--\r\n".encode()
+
+
+def error(response: httpx.Response) -> tuple[int, str, Any]:
+    """Status, code and details of a Zoho error answer."""
+    body = response.json()
+    assert body["status"] == "error" and set(body) == {"code", "details", "message", "status"}
+    return response.status_code, body["code"], body["details"]
+
+
+async def test_upload_answers_like_zoho(
+    emulator: ZohoEmulator, http: httpx.AsyncClient, clock: ManualClock
+) -> None:
+    """An upload answers with Zoho's envelope and lands in the ledger, hashed."""
+    headers = await bearer(emulator, http)
+    response = await upload(http, headers, content=b"%PDF-1.7 data")
+    assert response.status_code == 200
+    (item,) = response.json()["data"]
+    assert (item["code"], item["message"], item["status"]) == (
+        "SUCCESS",
+        "attachment uploaded successfully",
+        "success",
+    )
+    details = item["details"]
+    assert set(details) == {"Modified_Time", "Modified_By", "Created_Time", "id", "Created_By"}
+    assert details["Created_Time"] == iso(clock()) and details["id"].isdigit()
+    assert set(details["Created_By"]) == {"name", "id"}
+    (stored,) = emulator.uploads
+    assert (stored.id, stored.module, stored.record_id, stored.file_name, stored.size) == (
+        details["id"],
+        "Leads",
+        "1000000000001",
+        "report.pdf",
+        13,
+    )
+    assert stored.sha256 == hashlib.sha256(b"%PDF-1.7 data").hexdigest()
+    assert stored.created_time == details["Created_Time"]
+    assert (stored.content, stored.content_type) == (b"%PDF-1.7 data", "application/pdf")
+    assert emulator.stored("leads", 1000000000001) == [stored]
+
+
+async def test_size_limit_streams_and_is_exact() -> None:
+    """A file of the limit is stored; one byte more is 413, after the whole body was read."""
+    emulator = ZohoEmulator(max_upload_bytes=1000)
+    transport = httpx.ASGITransport(app=emulator)
+    async with httpx.AsyncClient(transport=transport, base_url="http://zoho.test") as http:
+        headers = await bearer(emulator, http)
+        headers["content-type"] = "multipart/form-data; boundary=b0undary"
+        for size, status in ((1000, 200), (1001, 413), (5000, 413)):
+            body = multipart(bytes(size))
+            # Small chunks, so that the file straddles many of them.
+            response = await http.post(LEADS, content=chunks(body, 7), headers=headers)
+            assert response.status_code == status
+        assert [u.size for u in emulator.uploads] == [1000]
+        too_big = await http.post(LEADS, content=multipart(bytes(1001)), headers=headers)
+        assert too_big.json() == {
+            "status": "error",
+            "code": "FILE_SIZE_MORE_THAN_ALLOWED_SIZE",
+            "message": "Please check if the size of the file is in the correct range",
+            "details": {},
+        }
+
+
+def test_default_limit_is_the_blogs_20_mib() -> None:
+    """By default a file may have 20 MiB."""
+    assert ZohoEmulator().max_upload_bytes == 20 * 1024 * 1024
+
+
+async def test_links_in_query_form_or_multipart(
+    emulator: ZohoEmulator, http: httpx.AsyncClient
+) -> None:
+    """A link is accepted in the query (the SDK), a form or multipart fields (the docs)."""
+    headers = await bearer(emulator, http)
+    link = {"attachmentUrl": "https://example.com/a", "title": "Spec"}
+    answers = [
+        await http.post(LEADS, params=link, headers=headers),
+        await http.post(LEADS, data=link, headers=headers),
+        await http.post(
+            LEADS, files={"attachmentUrl": (None, link["attachmentUrl"])}, headers=headers
+        ),
+    ]
+    assert [r.status_code for r in answers] == [200, 200, 200]
+    assert [(u.file_name, u.link_url, u.size) for u in emulator.uploads] == [
+        ("Spec", "https://example.com/a", 0),
+        ("Spec", "https://example.com/a", 0),
+        ("https://example.com/a", "https://example.com/a", 0),
+    ]
+    listed = await http.get(LEADS, params={"fields": "File_Name,$type,$link_url"}, headers=headers)
+    assert {(e["$type"], e["$link_url"]) for e in listed.json()["data"]} == {
+        ("Link URL", "https://example.com/a")
+    }
+    download = await http.get(f"{LEADS}/{emulator.uploads[0].id}", headers=headers)
+    assert error(download)[:2] == (400, "DOWNLOAD_NOT_ALLOWED")
+
+
+async def test_file_or_link_never_both_nor_neither(
+    emulator: ZohoEmulator, http: httpx.AsyncClient
+) -> None:
+    """Both a file and a link, neither, a bad link or title: refused, nothing stored."""
+    headers = await bearer(emulator, http)
+    both = await upload(http, headers, params={"attachmentUrl": "https://example.com"})
+    assert error(both)[:2] == (400, "INVALID_DATA")
+    neither = await http.post(LEADS, headers=headers)
+    assert error(neither)[:2] == (400, "MANDATORY_NOT_FOUND")
+    for link in ("ftp://example.com/x", "https://example.com/" + "x" * 3000):
+        bad = await http.post(LEADS, params={"attachmentUrl": link}, headers=headers)
+        assert error(bad)[:2] == (400, "INVALID_URL_PATTERN")
+    long_title = {"attachmentUrl": "https://example.com", "title": "t" * 256}
+    bad_title = await http.post(LEADS, params=long_title, headers=headers)
+    assert error(bad_title) == (400, "INVALID_DATA", {"param_name": "title"})
+    two = await http.post(
+        LEADS, files=[("file", ("a", b"1")), ("file", ("b", b"2"))], headers=headers
+    )
+    assert error(two)[:2] == (400, "INVALID_DATA")
+    headers["content-type"] = "multipart/form-data; boundary=b0undary"
+    truncated = await http.post(LEADS, content=multipart(b"abc")[:-20], headers=headers)
+    assert error(truncated)[:2] == (400, "INVALID_DATA")
+    long_boundary = "b" * (MAX_BOUNDARY_LENGTH + 1)  # more than the parser takes
+    headers["content-type"] = f"multipart/form-data; boundary={long_boundary}"
+    too_long = await http.post(LEADS, content=multipart(b"abc", long_boundary), headers=headers)
+    assert error(too_long)[:2] == (400, "INVALID_DATA")
+    assert emulator.uploads == []
+
+
+@pytest.mark.parametrize("module", ["Reports", "Dashboards", "Forecasts", "Users", "Nope"])
+async def test_modules_without_attachments(
+    emulator: ZohoEmulator, http: httpx.AsyncClient, module: str
+) -> None:
+    """Reports, Dashboards, Forecasts and unknown modules are INVALID_MODULE, path index 0."""
+    headers = await bearer(emulator, http)
+    response = await upload(http, headers, f"/crm/v8/{module}/1000000000001/Attachments")
+    assert error(response) == (400, "INVALID_MODULE", {"resource_path_index": 0})
+    assert response.json()["message"] == "the module name given seems to be invalid"
+
+
+async def test_modules_and_records(emulator: ZohoEmulator, http: httpx.AsyncClient) -> None:
+    """Standard and custom modules in any case; every numeric id exists, nothing else."""
+    headers = await bearer(emulator, http)
+    for path in (
+        "/crm/v8/leads/42/Attachments",
+        "/crm/v8/Price_Books/42/Attachments",
+        "/crm/v8/CustomModule3/42/Attachments",
+        "/crm/v2/Deals/42/Attachments",
+    ):
+        assert (await upload(http, headers, path)).status_code == 200, path
+    assert [u.module for u in emulator.uploads] == [
+        "Leads",
+        "Price_Books",
+        "CustomModule3",
+        "Deals",
+    ]
+    for record in ("abc", "0", "-1", "99999999999999999999"):
+        response = await upload(http, headers, f"/crm/v8/Leads/{record}/Attachments")
+        assert error(response) == (400, "INVALID_DATA", {"resource_path_index": 1})
+        assert response.json()["message"] == "the related id given seems to be invalid"
+    v1 = await upload(http, headers, "/crm/v1/Leads/42/Attachments")
+    assert error(v1)[:2] == (404, "INVALID_URL_PATTERN")
+
+
+async def test_records_can_be_restricted() -> None:
+    """With ``records``, only the ids listed (or added) exist."""
+    emulator = ZohoEmulator(records={"Leads": [7]}, custom_modules=["Projects_X"])
+    transport = httpx.ASGITransport(app=emulator)
+    async with httpx.AsyncClient(transport=transport, base_url="http://zoho.test") as http:
+        headers = await bearer(emulator, http)
+        assert (await upload(http, headers, "/crm/v8/Leads/7/Attachments")).status_code == 200
+        unknown = await upload(http, headers, "/crm/v8/Leads/8/Attachments")
+        assert error(unknown)[:2] == (400, "INVALID_DATA")
+        elsewhere = await upload(http, headers, "/crm/v8/Deals/7/Attachments")
+        assert error(elsewhere)[:2] == (400, "INVALID_DATA")
+        emulator.add_record("projects_x", 8)
+        assert (await upload(http, headers, "/crm/v8/Projects_X/8/Attachments")).status_code == 200
+
+
+async def test_tokens_and_scopes(emulator: ZohoEmulator, http: httpx.AsyncClient) -> None:
+    """No token is AUTHENTICATION_FAILURE, a bad one INVALID_TOKEN, too few scopes a mismatch."""
+    missing = await upload(http, {})
+    assert error(missing)[:2] == (401, "AUTHENTICATION_FAILURE")
+    wrong = await upload(http, {"authorization": "Zoho-oauthtoken 1000.nope"})
+    assert error(wrong) == (401, "INVALID_TOKEN", {})
+    read_only = emulator.accounts.new_refresh_token(["ZohoCRM.modules.attachments.READ"])
+    fields = grant(emulator, refresh_token=read_only)
+    token = (await http.post("/oauth/v2/token", data=fields)).json()["access_token"]
+    headers = {"authorization": f"Zoho-oauthtoken {token}"}
+    refused = await upload(http, headers)
+    assert error(refused) == (401, "OAUTH_SCOPE_MISMATCH", {})
+    assert (await http.get(LEADS, params={"fields": "id"}, headers=headers)).status_code == 200
+    writer = emulator.accounts.new_refresh_token(["zohocrm.modules.attachments.write"])
+    fields = grant(emulator, refresh_token=writer)
+    token = (await http.post("/oauth/v2/token", data=fields)).json()["access_token"]
+    assert (await upload(http, {"authorization": f"Zoho-oauthtoken {token}"})).status_code == 200
+
+
+async def test_list_requires_fields_and_paginates(
+    emulator: ZohoEmulator, http: httpx.AsyncClient
+) -> None:
+    """``fields`` is required; pages of ``per_page`` go newest first, by page or page token."""
+    headers = await bearer(emulator, http)
+    for n in range(5):
+        await upload(http, headers, name=f"f{n}.txt")
+    missing = await http.get(LEADS, headers=headers)
+    assert error(missing) == (400, "REQUIRED_PARAM_MISSING", {"param_name": "fields"})
+    names: list[str] = []
+    params = {"fields": "File_Name", "per_page": "2"}
+    pages = 0
+    while True:
+        body = (await http.get(LEADS, params=params, headers=headers)).json()
+        pages += 1
+        assert all(set(e) == {"id", "File_Name"} for e in body["data"])
+        names += [e["File_Name"] for e in body["data"]]
+        info = body["info"]
+        assert set(info) == {
+            "per_page",
+            "next_page_token",
+            "count",
+            "page",
+            "previous_page_token",
+            "page_token_expiry",
+            "more_records",
+        }
+        assert (info["page"], info["count"]) == (pages, len(body["data"]))
+        if not info["more_records"]:
+            assert info["next_page_token"] is None
+            break
+        params["page_token"] = info["next_page_token"]
+    assert names == ["f4.txt", "f3.txt", "f2.txt", "f1.txt", "f0.txt"]
+    second = await http.get(
+        LEADS, params={"fields": "id", "per_page": "2", "page": "2"}, headers=headers
+    )
+    assert [e["id"] for e in second.json()["data"]] == [u.id for u in emulator.uploads[2:0:-1]]
+    wanted = f"{emulator.uploads[0].id},{emulator.uploads[3].id}"
+    chosen = await http.get(LEADS, params={"fields": "id", "ids": wanted}, headers=headers)
+    assert len(chosen.json()["data"]) == 2
+    for bad in ({"per_page": "201"}, {"per_page": "0"}, {"page_token": "nope"}, {"page": "x"}):
+        response = await http.get(LEADS, params={"fields": "id", **bad}, headers=headers)
+        assert error(response)[:2] == (400, "INVALID_DATA"), bad
+    empty = await http.get("/crm/v8/Leads/5/Attachments", params={"fields": "id"}, headers=headers)
+    assert empty.json()["data"] == [] and empty.json()["info"]["count"] == 0
+
+
+async def test_download_and_delete(emulator: ZohoEmulator, http: httpx.AsyncClient) -> None:
+    """Download returns the bytes; delete answers "record deleted"; the ledger keeps it."""
+    headers = await bearer(emulator, http)
+    for n in range(3):
+        await upload(http, headers, content=b"x" * n, name=f"r\u00e9sum\u00e9 {n}.pdf")
+    first, second, third = emulator.uploads
+    download = await http.get(f"{LEADS}/{second.id}", headers=headers)
+    assert (download.status_code, download.content) == (200, b"x")
+    assert download.headers["content-type"] == "application/pdf"
+    assert download.headers["content-disposition"].endswith("r%C3%A9sum%C3%A9%201.pdf")
+    deleted = await http.delete(f"{LEADS}/{second.id}", headers=headers)
+    assert deleted.json() == {
+        "data": [
+            {
+                "code": "SUCCESS",
+                "details": {"id": second.id},
+                "message": "record deleted",
+                "status": "success",
+            }
+        ]
+    }
+    again = await http.delete(f"{LEADS}/{second.id}", headers=headers)
+    assert error(again) == (400, "INVALID_DATA", {"resource_path_index": 3})
+    gone = await http.get(f"{LEADS}/{second.id}", headers=headers)
+    assert error(gone)[:2] == (404, "INVALID_DATA")
+    many = await http.delete(LEADS, params={"ids": f"{first.id},123"}, headers=headers)
+    assert many.status_code == 207
+    assert [r["status"] for r in many.json()["data"]] == ["success", "error"]
+    assert error(await http.delete(LEADS, headers=headers))[:2] == (400, "REQUIRED_PARAM_MISSING")
+    assert [u.live for u in emulator.uploads] == [False, False, True]
+    assert emulator.stored() == [third]
+
+
+# -- limits ------------------------------------------------------------------------------------
+
+
+async def test_sixty_uploads_a_minute_then_a_five_minute_block(
+    emulator: ZohoEmulator, http: httpx.AsyncClient, clock: ManualClock
+) -> None:
+    """The 61st upload within a sliding minute is 429 and blocks every API call for 5 minutes."""
+    headers = await bearer(emulator, http)
+    for _ in range(60):
+        assert (await upload(http, headers)).status_code == 200
+        clock.advance(0.5)
+    assert emulator.blocked_count == 0
+    overflow = await upload(http, headers)
+    assert error(overflow) == (429, "TOO_MANY_REQUESTS", {})
+    assert "retry-after" not in overflow.headers
+    assert [(b.started, b.until) for b in emulator.block_events] == [(clock(), clock() + 300)]
+    clock.advance(299)
+    headers = await bearer(emulator, http)  # the accounts server is not blocked
+    listed = await http.get(LEADS, params={"fields": "id"}, headers=headers)
+    assert listed.status_code == 429
+    assert (await watch(http, headers["authorization"].split()[1], "GET")).status_code == 429
+    clock.advance(1)
+    assert (await upload(http, headers)).status_code == 200
+    assert len(emulator.uploads) == 61 and emulator.blocked_count == 1
+    assert emulator.limits.refused == 3
+
+
+async def test_the_minute_slides(
+    emulator: ZohoEmulator, http: httpx.AsyncClient, clock: ManualClock
+) -> None:
+    """Sixty uploads a minute, evenly spread, never block."""
+    headers = await bearer(emulator, http)
+    for _ in range(150):
+        assert (await upload(http, headers)).status_code == 200
+        clock.advance(1)
+    assert emulator.blocked_count == 0
+    assert emulator.limits.max_uploads_within() == 60
+    assert len(emulator.upload_times) == 150
+
+
+async def test_the_upload_rule_can_be_off_or_v1s_other_variant() -> None:
+    """``upload_limit=None`` switches the rule off; 15 per 5 minutes is configurable."""
+    clock = ManualClock()
+    for options, sent, blocked in (
+        ({"upload_limit": None}, 100, 0),
+        ({"upload_limit": 15, "upload_window": 300, "block_seconds": 900}, 16, 1),
+    ):
+        emulator = ZohoEmulator(clock=clock, **options)
+        transport = httpx.ASGITransport(app=emulator)
+        async with httpx.AsyncClient(transport=transport, base_url="http://z.test") as http:
+            headers = await bearer(emulator, http)
+            answers = [(await upload(http, headers)).status_code for _ in range(sent)]
+        assert emulator.blocked_count == blocked
+        assert answers.count(429) == blocked
+        if blocked:
+            assert emulator.block_events[0].until == clock() + 900
+
+
+def test_scaled_clock_runs_faster() -> None:
+    """``ScaledClock(60)``: a real second counts as an emulated minute."""
+    clock = ScaledClock(60, start=1_000.0)
+    began, first = time.monotonic(), clock()
+    time.sleep(0.05)
+    last, ended = clock(), time.monotonic()
+    assert first >= 1_000.0 and 60 * 0.05 <= last - first <= 60 * (ended - began)
+    assert clock.real(300) == 5.0
+    with pytest.raises(ValueError, match="positive"):
+        ScaledClock(0)
+
+
+async def test_limit_clock_is_separate() -> None:
+    """The limits may run on their own clock while tokens stay on the main one."""
+    clock, fast = ManualClock(), ManualClock(5_000.0)
+    emulator = ZohoEmulator(clock=clock, limit_clock=fast, upload_limit=2)
+    transport = httpx.ASGITransport(app=emulator)
+    async with httpx.AsyncClient(transport=transport, base_url="http://z.test") as http:
+        headers = await bearer(emulator, http)
+        statuses = [(await upload(http, headers)).status_code for _ in range(3)]
+        assert statuses == [200, 200, 429]
+        fast.advance(300)  # the block is over on the limit clock only
+        assert (await upload(http, headers)).status_code == 200
+    assert emulator.upload_times == [5_000.0, 5_000.0, 5_300.0]
+    assert emulator.calls[-1].limit_at == 5_300.0 and emulator.calls[-1].at == clock()
+
+
+async def test_credits_and_concurrency() -> None:
+    """24-hour credits run out into 429 (remaining shown past half); so does concurrency."""
+    clock = ManualClock()
+    emulator = ZohoEmulator(clock=clock, daily_credits=4, rate_limit_code="RATE_LIMIT_EXCEEDED")
+    transport = httpx.ASGITransport(app=emulator)
+    async with httpx.AsyncClient(transport=transport, base_url="http://z.test") as http:
+        headers = await bearer(emulator, http)
+        answers = [await upload(http, headers) for _ in range(5)]
+        assert [r.status_code for r in answers] == [200, 200, 200, 200, 429]
+        remaining = [r.headers.get("x-api-credits-remaining") for r in answers]
+        assert remaining == [None, "2", "1", "0", "0"]
+        assert error(answers[-1])[1] == "RATE_LIMIT_EXCEEDED"
+        clock.advance(86400)
+        headers = await bearer(emulator, http)  # the old token expired long ago
+        assert (await upload(http, headers)).status_code == 200
+
+    emulator = ZohoEmulator(concurrency_limit=1)
+    transport = httpx.ASGITransport(app=emulator)
+    async with httpx.AsyncClient(transport=transport, base_url="http://z.test") as http:
+        headers = await bearer(emulator, http)
+        emulator.inject(Fault.slow(0.5))
+        slow = asyncio.create_task(upload(http, headers))
+        await asyncio.sleep(0.1)
+        assert (await upload(http, headers)).status_code == 429
+        assert (await slow).status_code == 200
+    assert emulator.peak_in_flight == 2
+
+
+def test_max_uploads_within_a_window() -> None:
+    """The busiest sliding window is counted from the admitted uploads."""
+    limits = Limits(clock=ManualClock(), upload_limit=None)
+    limits.upload_times.extend([0.0, 10.0, 59.9, 60.0, 61.0, 200.0])
+    assert limits.max_uploads_within() == 4  # 10, 59.9, 60, 61
+    assert limits.max_uploads_within(1.0) == 2
+
+
+# -- faults ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "code"),
+    [
+        (Fault.http(429), 429, "TOO_MANY_REQUESTS"),
+        (Fault.http(500), 500, "INTERNAL_ERROR"),
+        (Fault.http(503), 503, "SERVICE_UNAVAILABLE"),
+        (Fault.http(413), 413, "FILE_SIZE_MORE_THAN_ALLOWED_SIZE"),
+        (
+            Fault.http(400, "INVALID_MODULE", "the module name given seems to be invalid"),
+            400,
+            "INVALID_MODULE",
+        ),
+    ],
+)
+async def test_http_faults_answer_with_zohos_bodies(
+    emulator: ZohoEmulator, http: httpx.AsyncClient, fault: Fault, status: int, code: str
+) -> None:
+    """An injected error answers as Zoho does and stores nothing; the next call is normal."""
+    headers = await bearer(emulator, http)
+    emulator.inject(fault)
+    assert error(await upload(http, headers))[:2] == (status, code)
+    assert emulator.uploads == []
+    assert (await upload(http, headers)).status_code == 200
+
+
+def test_fault_needs_a_code_for_other_statuses() -> None:
+    """Zoho's body is known for a few statuses only; others need their code."""
+    with pytest.raises(ValueError, match="418"):
+        Fault.http(418)
+    assert Fault.http(418, "TEAPOT").body == {
+        "code": "TEAPOT",
+        "details": {},
+        "message": "TEAPOT",
+        "status": "error",
+    }
+    assert Fault.http(429, "RATE_LIMIT_EXCEEDED").body == {
+        "code": "RATE_LIMIT_EXCEEDED",
+        "details": {},
+        "message": "API rate limit exceeded. Please retry after some time",
+        "status": "error",
+    }
+
+
+async def test_faults_by_record_method_and_call_number(
+    emulator: ZohoEmulator, http: httpx.AsyncClient
+) -> None:
+    """Scripts match a record id, a method, or start at a call number; None lets one through."""
+    headers = await bearer(emulator, http)
+    emulator.inject(Fault.http(500), None, Fault.http(503), record_id=2)
+    emulator.inject(Fault.http(500), method="GET", call=2)
+    statuses = []
+    for record in (1, 2, 1, 2, 2, 2):
+        path = f"/crm/v8/Leads/{record}/Attachments"
+        statuses.append((await upload(http, headers, path)).status_code)
+    assert statuses == [200, 500, 200, 200, 503, 200]
+    lists = [
+        (await http.get(LEADS, params={"fields": "id"}, headers=headers)).status_code
+        for _ in range(3)
+    ]
+    assert lists == [200, 500, 200]
+    assert emulator.scripts == []
+    third = emulator.inject(Fault.http(503), call=9)  # the 9th upload; 6 were made
+    assert [(await upload(http, headers)).status_code for _ in range(3)] == [200, 200, 503]
+    assert not third.faults
+    emulator.inject(Fault.http(500))
+    emulator.clear_faults()
+    assert (await upload(http, headers)).status_code == 200
+
+
+async def test_dropped_connections_in_process(
+    emulator: ZohoEmulator, http: httpx.AsyncClient
+) -> None:
+    """A drop raises a transport error in the client; only drop_after stored the upload."""
+    headers = await bearer(emulator, http)
+    emulator.inject(Fault.drop_before(), Fault.drop_after())
+    with pytest.raises(httpx.TransportError):
+        await upload(http, headers, name="before.txt")
+    with pytest.raises(ConnectionDropped):
+        await upload(http, headers, name="after.txt")
+    assert [u.file_name for u in emulator.uploads] == ["after.txt"]
+    assert [c.status for c in emulator.calls if c.path == LEADS] == [0, 0]
+
+
+async def test_slow_answers(emulator: ZohoEmulator, http: httpx.AsyncClient) -> None:
+    """A slow fault answers normally, late; a delay can hold back an error too."""
+    headers = await bearer(emulator, http)
+    emulator.inject(Fault.slow(0.2), Fault.http(503, delay=0.2))
+    for status in (200, 503):
+        began = time.monotonic()
+        assert (await upload(http, headers)).status_code == status
+        assert time.monotonic() - began >= 0.19
+    assert len(emulator.uploads) == 1
+
+
+async def test_ids_are_unique_across_emulators() -> None:
+    """Two emulators (say, before and after a restart) do not hand out the same ids."""
+    ids: list[str] = []
+    for _ in range(2):
+        emulator = ZohoEmulator()
+        transport = httpx.ASGITransport(app=emulator)
+        async with httpx.AsyncClient(transport=transport, base_url="http://z.test") as http:
+            headers = await bearer(emulator, http)
+            await upload(http, headers)
+        ids += [u.id for u in emulator.uploads]
+    assert len(set(ids)) == 2 and all(len(i) == 19 for i in ids)
