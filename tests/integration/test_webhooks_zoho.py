@@ -84,12 +84,12 @@ def test_channel_is_subscribed_and_notifications_reach_handlers(
             """
         )
     )
-    serve(["--config", str(config)], port=port)
+    server = serve(["--config", str(config)], port=port)
     deadline = time.monotonic() + 10
     while emulator.channel(CHANNEL) is None and time.monotonic() < deadline:
         time.sleep(0.05)
     channel = emulator.channel(CHANNEL)
-    assert channel is not None, "the channel was not subscribed at start"
+    assert channel is not None, f"the channel was not subscribed: {server.log.read_text()}"
     assert channel.expires_at > time.time() + 3000
 
     async def notify() -> tuple[httpx.Response, httpx.Response]:
@@ -103,13 +103,14 @@ def test_channel_is_subscribed_and_notifications_reach_handlers(
             return good, bad
 
     good, bad = asyncio.run(notify())
-    assert good.status_code == 200, good.text
+    assert good.status_code == 200, f"{good.text} {server.log.read_text()}"
     assert bad.status_code == 401
     assert bad.json()["error"]["detail"]["reason"] == "bad_token"
     leads = tmp_path / "leads.jsonl"
     deadline = time.monotonic() + 10
     while not leads.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert leads.exists(), server.log.read_text()
     assert [json.loads(x) for x in leads.read_text().splitlines()] == [
         {"event": "Leads.insert", "ids": ["4150868000000224005"]}
     ]
