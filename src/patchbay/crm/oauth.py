@@ -22,9 +22,24 @@ Design:
 - **HTTP is injected**: an ``httpx.AsyncClient`` (tests give it
   ``httpx.ASGITransport(app=emulator)``), and so is the clock (wall time, because token expiry
   is shared with Zoho and, later, with other processes).
-- **Left for the CRM issue:** sharing the token across processes and instances through the
-  gateway's store (one refresh per hour for the whole deployment, a budget every process sees).
-  Until then each process refreshes its own token, and the budget guards only that process.
+- **Shared mode** (``store=`` the job store, or anything with its shared-state methods): one
+  token and one refresh at a time for the whole deployment (every worker process, and every
+  instance when the store is PostgreSQL), because Zoho allows 10 refreshes per 10 minutes per
+  refresh token and keeps only the last 10 access tokens, so per-process refreshing both
+  burns the budget and invalidates other processes' tokens (zoho.md 2.3, 3.1 item 8; the SDK
+  refreshes without any lock). A stale token is replaced thus: read ``zoho-token`` from the
+  store (another process may have refreshed already); else take the store lock ``zoho-token``
+  (a lease of ``timeout`` plus a margin, so a crashed holder delays the others only that long)
+  and read again; else spend one call of the shared budget ``store.take("zoho-refresh", 10,
+  600)`` (refused locally with ``ZohoRateLimited`` when spent, as is every refresh while a
+  shared Access Denied block ``zoho-refresh-blocked`` lasts), refresh, and store the token with
+  its expiry, so it also survives restarts. Processes that find the lock taken poll the store
+  (20 ms, doubling to 0.5 s) until the token appears or the lock frees. The in-process
+  single-flight stays in front, so a process sends at most one store poll at a time.
+  The stored token is encrypted (AES-GCM) with a key derived from the client secret and the
+  refresh token: the database alone does not give it away, and a token stored for other
+  credentials simply fails to decrypt and is replaced. Without a store, each process
+  refreshes its own token within its own ``RefreshBudget`` (the channel renewal's mode).
 
 Errors::
 
@@ -32,25 +47,38 @@ Errors::
     └── ZohoError (502)              Zoho failed us
         ├── ZohoAuthError (502)      the accounts server refused the credentials: fix settings
         ├── ZohoApiError (502)       the CRM API refused the request (``http_status``, ``zoho_code``)
+        │   └── ...                  refined by Zoho's code in ``crm.zoho`` (access, invalid,
+        │                            not found, too large)
         └── ZohoUnavailable (503)    network error, timeout, 5xx, unreadable answer: retry later
-            └── ZohoRateLimited      refresh budget spent, Access Denied, HTTP 429 (``retry_after``)
+            ├── ZohoRateLimited      refresh budget spent, Access Denied, HTTP 429 (``retry_after``)
+            └── ZohoUncertain        (``crm.zoho``) sent, answer lost: it may have been done
+
+``crm.zoho`` draws the whole CRM branch, with the local refusals (``CrmRequestError``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import itertools
+import os
+import secrets
+import socket
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import httpx
 import orjson
 import structlog
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from patchbay.errors import ConfigError, PatchbayError
+from patchbay.jobs.store import Value
 from patchbay.settings import CrmSettings
 
 log = structlog.get_logger("patchbay.crm")
@@ -61,6 +89,13 @@ REFRESH_EARLY: Final = 300.0  # refresh this long before expiry (zoho.md 5.1)
 REFRESH_LIMIT: Final = 10  # refreshes per refresh token ...
 REFRESH_WINDOW: Final = 600.0  # ... per this many seconds, then Zoho blocks the token
 INVALID_TOKEN: Final = "INVALID_TOKEN"
+TOKEN_KEY: Final = "zoho-token"  # the store value holding the token, and the refresh lock
+BUDGET_BUCKET: Final = "zoho-refresh"  # the store's sliding window of refreshes sent
+BLOCKED_KEY: Final = "zoho-refresh-blocked"  # set for the rest of a window after Access Denied
+LOCK_MARGIN: Final = 10.0  # seconds the refresh lock outlives the refresh's HTTP timeout
+POLL_FIRST: Final = 0.02  # seconds between looks at the store while another process refreshes
+POLL_MAX: Final = 0.5
+_instances = itertools.count(1)
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -120,6 +155,37 @@ AUTH_HINTS: Final[Mapping[str, str]] = MappingProxyType(
         "invalid_client_secret": "crm.client_secret does not match zoho.client_id",
     }
 )
+
+
+# -- shared state ------------------------------------------------------------------------------
+
+
+class SharedState(Protocol):
+    """What the token source and the CRM limiter need of the job store (``jobs.store.Store``).
+
+    Values, locks and sliding-window budgets that every worker process (and, on PostgreSQL,
+    every instance) sees alike; see ``Store`` for the exact contract.
+    """
+
+    async def get_value(self, key: str) -> Value | None:
+        """The value under ``key``, unless missing or expired."""
+
+    async def set_value(self, key: str, data: bytes, *, expires_at: float | None = None) -> None:
+        """Store ``data`` under ``key`` until ``expires_at``."""
+
+    async def acquire(self, name: str, owner: str, ttl: float) -> bool:
+        """Take (or extend) the lock ``name`` for ``ttl`` seconds; False: someone else has it."""
+
+    async def release(self, name: str, owner: str) -> None:
+        """Free the lock ``name`` if ``owner`` holds it."""
+
+    async def take(self, bucket: str, limit: int, window: float) -> float:
+        """Spend one call of ``limit`` per ``window`` seconds; else the seconds to wait."""
+
+
+def unique_owner(kind: str) -> str:
+    """A lock owner name unique to this object in this process on this host."""
+    return f"{kind}:{socket.gethostname()}:{os.getpid()}:{next(_instances)}:{secrets.token_hex(4)}"
 
 
 # -- data centres ------------------------------------------------------------------------------
@@ -341,6 +407,45 @@ def _lifetime(data: Mapping[str, Any]) -> float:
     return DEFAULT_LIFETIME
 
 
+def seal(token: AccessToken, credentials: Credentials, nonce: bytes | None = None) -> bytes:
+    """``token`` encrypted for the store, under a key only these credentials give."""
+    plain = orjson.dumps(
+        {
+            "access_token": token.value,
+            "api_domain": token.api_domain,
+            "obtained_at": token.obtained_at,
+            "expires_at": token.expires_at,
+            "token_type": token.token_type,
+        }
+    )
+    nonce = nonce or secrets.token_bytes(12)
+    return nonce + AESGCM(_key(credentials)).encrypt(nonce, plain, TOKEN_KEY.encode())
+
+
+def unseal(data: bytes, credentials: Credentials) -> AccessToken | None:
+    """The token ``seal`` stored, or None when it is unreadable or for other credentials."""
+    try:
+        plain = AESGCM(_key(credentials)).decrypt(data[:12], data[12:], TOKEN_KEY.encode())
+        raw = orjson.loads(plain)
+        return AccessToken(
+            value=str(raw["access_token"]),
+            # The override is a setting of this process; the stored domain is Zoho's answer.
+            api_domain=credentials.api_override or str(raw["api_domain"]),
+            obtained_at=float(raw["obtained_at"]),
+            expires_at=float(raw["expires_at"]),
+            token_type=str(raw.get("token_type", "Bearer")),
+        )
+    except (InvalidTag, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+        return None
+
+
+def _key(credentials: Credentials) -> bytes:
+    material = "\0".join(
+        (TOKEN_KEY, credentials.client_id, credentials.client_secret, credentials.refresh_token)
+    )
+    return hashlib.sha256(material.encode()).digest()
+
+
 # -- the refresh budget ------------------------------------------------------------------------
 
 
@@ -393,16 +498,23 @@ class TokenSource:
         timeout: float = 30.0,
         early: float = REFRESH_EARLY,
         budget: RefreshBudget | None = None,
+        store: SharedState | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.credentials = credentials
         self.http = http
-        self.clock = clock
+        self.clock = clock  # wall time: expiries are shared with Zoho and the store
         self.timeout = timeout
         self.early = early
-        self.budget = budget or RefreshBudget()
+        self.budget = budget or RefreshBudget()  # without a store only
+        self.store = store
+        self.sleep = sleep
+        self.owner = unique_owner("zoho-token")
         self.refreshes = 0  # requests sent to the accounts server, for stats and tests
         self._token: AccessToken | None = None
         self._flight: asyncio.Task[AccessToken] | None = None
+        # Tokens the API refused: a copy still in the store must not be taken up again.
+        self._rejected: deque[str] = deque(maxlen=16)
 
     @classmethod
     def from_settings(
@@ -411,9 +523,18 @@ class TokenSource:
         http: httpx.AsyncClient,
         *,
         clock: Callable[[], float] = time.time,
+        store: SharedState | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> TokenSource:
-        """A source for the ``[crm]`` account."""
-        return cls(Credentials.from_settings(zoho), http, clock=clock, timeout=zoho.timeout)
+        """A source for the ``[crm]`` account, shared through ``store`` when given."""
+        return cls(
+            Credentials.from_settings(zoho),
+            http,
+            clock=clock,
+            timeout=zoho.timeout,
+            store=store,
+            sleep=sleep,
+        )
 
     async def token(self) -> AccessToken:
         """A usable access token: the cached one, or one fresh refresh shared by every caller."""
@@ -422,13 +543,16 @@ class TokenSource:
             return cached
         flight = self._flight
         if flight is None or flight.done():
-            flight = asyncio.get_running_loop().create_task(self._refresh())
+            work = self._refresh() if self.store is None else self._shared(self.store)
+            flight = asyncio.get_running_loop().create_task(work)
             flight.add_done_callback(_retrieve)
             self._flight = flight
         return await asyncio.shield(flight)
 
     def invalidate(self, token: AccessToken) -> None:
         """Forget ``token`` (the API said INVALID_TOKEN), unless a newer one replaced it."""
+        if token.value not in self._rejected:
+            self._rejected.append(token.value)
         if self._token is not None and self._token.value == token.value:
             self._token = None
 
@@ -438,6 +562,77 @@ class TokenSource:
         if flight is not None and not flight.done():
             flight.cancel()
             await asyncio.wait([flight])
+
+    async def _shared(self, store: SharedState) -> AccessToken:
+        # One process refreshes, the others wait for its token to appear in the store.
+        ttl = self.timeout + LOCK_MARGIN
+        delay = POLL_FIRST
+        waited = 0.0
+        while True:
+            token = await self._stored(store)
+            if token is not None:
+                return token
+            if await store.acquire(TOKEN_KEY, self.owner, ttl):
+                try:
+                    # Read again: the previous holder may have stored a token just before.
+                    token = await self._stored(store)
+                    if token is not None:
+                        return token
+                    return await self._shared_refresh(store)
+                finally:
+                    await self._release(store)
+            if waited > 2 * ttl:  # the lock outlives its ttl: the store's clock is off
+                raise ZohoUnavailable(
+                    f"waited {waited:.0f} s for another process to refresh the Zoho token"
+                )
+            await self.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, POLL_MAX)
+
+    async def _release(self, store: SharedState) -> None:
+        try:
+            await store.release(TOKEN_KEY, self.owner)
+        except PatchbayError as exc:
+            # The lease runs out on its own; failing the refresh for this would waste it.
+            log.warning("zoho token lock not released", error=str(exc))
+
+    async def _stored(self, store: SharedState) -> AccessToken | None:
+        value = await store.get_value(TOKEN_KEY)
+        token = None if value is None else unseal(value.data, self.credentials)
+        if (
+            token is None
+            or token.value in self._rejected
+            or not token.usable(self.clock(), self.early)
+        ):
+            return None
+        self._token = token
+        return token
+
+    async def _shared_refresh(self, store: SharedState) -> AccessToken:
+        now = self.clock()
+        blocked = await store.get_value(BLOCKED_KEY)
+        if blocked is not None and blocked.expires_at is not None and blocked.expires_at > now:
+            raise ZohoRateLimited(
+                "refusing a Zoho token refresh: Zoho said Access Denied (too many refreshes) "
+                f"and blocks the refresh token for {blocked.expires_at - now:.0f} s more",
+                retry_after=blocked.expires_at - now,
+            )
+        wait = await store.take(BUDGET_BUCKET, self.budget.limit, self.budget.window)
+        if wait > 0:
+            raise ZohoRateLimited(
+                f"refusing a Zoho token refresh for {wait:.0f} s: {self.budget.limit} refreshes "
+                f"in {self.budget.window / 60:g} minutes already (all processes), and one more "
+                "would get the refresh token blocked",
+                retry_after=wait,
+            )
+        try:
+            token = await self._send()
+        except ZohoRateLimited as exc:
+            until = self.clock() + (exc.retry_after or REFRESH_WINDOW)
+            await store.set_value(BLOCKED_KEY, b"1", expires_at=until)
+            raise
+        await store.set_value(TOKEN_KEY, seal(token, self.credentials), expires_at=token.expires_at)
+        return token
 
     async def _refresh(self) -> AccessToken:
         now = self.clock()
@@ -449,8 +644,16 @@ class TokenSource:
                 "refresh token blocked",
                 retry_after=wait,
             )
-        request = refresh_request(self.credentials)
         self.budget.spend(now)
+        try:
+            return await self._send()
+        except ZohoRateLimited as exc:
+            # Zoho counts what we cannot see (other processes, other tools with this token).
+            self.budget.block(self.clock() + (exc.retry_after or REFRESH_WINDOW))
+            raise
+
+    async def _send(self) -> AccessToken:
+        request = refresh_request(self.credentials)
         self.refreshes += 1
         try:
             response = await self.http.post(
@@ -461,17 +664,12 @@ class TokenSource:
                 f"cannot reach Zoho accounts at {self.credentials.accounts_url}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-        try:
-            token = parse_refresh(
-                response.status_code,
-                response.content,
-                now=self.clock(),
-                credentials=self.credentials,
-            )
-        except ZohoRateLimited as exc:
-            # Zoho counts what we cannot see (other processes, other tools with this token).
-            self.budget.block(self.clock() + (exc.retry_after or REFRESH_WINDOW))
-            raise
+        token = parse_refresh(
+            response.status_code,
+            response.content,
+            now=self.clock(),
+            credentials=self.credentials,
+        )
         self._token = token
         log.info(
             "zoho token refreshed",
