@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -181,7 +182,9 @@ def connect(url: str, *, clock: Callable[[], float] = time.time) -> Store:
         from patchbay.jobs.sqlite import SqliteStore
         from patchbay.sql.backends.sqlite import sqlite_path
 
-        return SqliteStore(sqlite_path(url), clock=clock)
+        path = sqlite_path(url)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)  # a fresh state directory
+        return SqliteStore(path, clock=clock)
     if scheme in ("postgresql", "postgres"):
         from patchbay.jobs.postgres import PostgresStore
 
