@@ -17,14 +17,19 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import orjson
 import structlog
 
+from patchbay.crm.client import CrmClient
+from patchbay.crm.gateway import CrmGateway
 from patchbay.errors import Forbidden, NotFound, PatchbayError, StoreUnavailable, Unauthorized
 from patchbay.http import TEXT, Reply, Request, error_reply
 from patchbay.jobs.store import Store, connect
+from patchbay.push.client import Sender
+from patchbay.push.gateway import PushGateway
 from patchbay.settings import Settings, redact_url
 from patchbay.sql import routes
 from patchbay.sql.gateway import Database
@@ -67,21 +72,49 @@ class App:
         self.ready = False
         self.store: Store | None = None
         self.hooks: Hooks | None = None
-        if settings.webhooks.sources:
+        self.push: PushGateway | None = None
+        self.crm: CrmGateway | None = None
+        if settings.webhooks.sources or settings.push.service_account or settings.crm.configured:
             self.store = connect(settings.jobs_store_url())
+        if self.store is not None and settings.webhooks.sources:
             self.hooks = Hooks(settings, self.store)
+        if self.store is not None and settings.crm.configured:
+            store = self.store
+            self.crm = CrmGateway(
+                settings.crm,
+                store,
+                Path(settings.server.state_dir) / "uploads",
+                lambda: CrmClient(settings.crm, store=store),
+                clock=time.time,
+                lease=settings.jobs.lease,
+                poll_interval=settings.jobs.poll_interval,
+            )
+        if self.store is not None and settings.push.service_account:
+            self.push = PushGateway(
+                self.store,
+                lambda: Sender.from_settings(settings.push),
+                clock=time.time,
+                lease=settings.jobs.lease,
+                poll_interval=settings.jobs.poll_interval,
+                deadline=settings.push.deadline,
+            )
 
     async def start(self) -> None:
         """Start the databases' health probes, open the job store, start the dispatcher."""
         for database in self.databases.values():
             database.start()
-        if self.store is not None and self.hooks is not None:
+        if self.store is not None:
             try:
                 await self.store.open()
             except StoreUnavailable as exc:
-                # Intake answers 503 (providers retry) and the dispatcher keeps trying.
+                # Intake answers 503 (providers retry) and the workers keep trying.
                 log.error("job store unavailable at start", error=exc.message)
+        if self.hooks is not None:
             await self.hooks.start()
+        if self.push is not None:
+            self.push.start()
+        if self.crm is not None:
+            self.crm.start()
         self.ready = True
 
     async def stop(self) -> None:
@@ -89,6 +122,10 @@ class App:
         self.ready = False
         if self.hooks is not None:
             await self.hooks.stop(self.settings.server.drain_timeout / 2)
+        if self.push is not None:
+            await self.push.stop(self.settings.server.drain_timeout / 2)
+        if self.crm is not None:
+            await self.crm.stop(self.settings.server.drain_timeout / 2)
         if self.store is not None:
             await self.store.close()
         for database in self.databases.values():
@@ -97,17 +134,28 @@ class App:
 
     def body_limit(self, path: str) -> int | None:
         """The body limit of the endpoint at ``path``, when it has its own."""
-        if self.hooks is None:
-            return None
-        return self.hooks.receiver.body_limit(path)
+        if self.hooks is not None and path.startswith(HOOKS_PREFIX):
+            return self.hooks.receiver.body_limit(path)
+        if self.crm is not None:
+            return self.crm.body_limit(path)
+        return None
 
     async def receive(self, request: Request) -> Reply:
-        """Answer a request whose endpoint reads its headers and body (``/hooks/...``)."""
+        """Answer a request whose endpoint reads its headers and body (``/hooks/``, ``/v1/push``)."""
         began = time.perf_counter()
-        if self.hooks is not None and request.path.startswith(HOOKS_PREFIX):
+        path = request.path
+        if path.startswith(HOOKS_PREFIX) and self.hooks is not None:
+            # Providers send no Patchbay credentials: each source's signature guards it.
             reply = await self.hooks.receiver.handle(request)
+        elif path == "/v1/push" or path.startswith("/v1/push/"):
+            reply = await self._guarded(request, self.push.handle if self.push else None, "push")
+        elif path.startswith("/v1/crm/"):
+            reply = await self._guarded(request, self.crm.handle if self.crm else None, "crm")
+        elif path.startswith("/crm/private/") and self.crm is not None:
+            # Old clients send only their authtoken, which the endpoint itself checks.
+            reply = await self.crm.legacy(request)
         else:
-            reply = error_reply(NotFound(f"no endpoint {request.path}", path=request.path))
+            reply = error_reply(NotFound(f"no endpoint {path}", path=path))
         self.stats.record(
             client_ip=request.peer or "",
             request=f"{request.method} {request.path} HTTP/1.1",
@@ -117,6 +165,26 @@ class App:
             error=None,
         )
         return reply
+
+    async def _guarded(
+        self,
+        request: Request,
+        handle: Callable[[Request], Awaitable[Reply]] | None,
+        section: str,
+    ) -> Reply:
+        """Patchbay's own API: the bearer token and allowed networks of the SQL endpoints."""
+        denied = self._denied(
+            request.headers.get("authorization", "").encode("latin-1"), request.peer
+        )
+        if denied == 401:
+            return error_reply(Unauthorized("a bearer token is required"))
+        if denied is not None:
+            return error_reply(Forbidden("your network may not use this server"))
+        if handle is None:
+            return error_reply(
+                NotFound(f"{section} is not configured (see [{section}] in the settings)")
+            )
+        return await handle(request)
 
     async def respond(
         self,
@@ -241,6 +309,8 @@ class App:
             "total_requests": self.stats.total_requests,
             "databases": {name: db.stats() for name, db in self.databases.items()},
             **({"webhooks": self.hooks.stats.summary()} if self.hooks is not None else {}),
+            **({"push": self.push.stats()} if self.push is not None else {}),
+            **({"crm": dict(self.crm.outcomes)} if self.crm is not None else {}),
         }
 
 

@@ -11,7 +11,10 @@ import click
 
 from patchbay import demo, logs
 from patchbay import settings as settings_module
+from patchbay.crm.commands import crm
+from patchbay.emulators.commands import emulate
 from patchbay.errors import ConfigError
+from patchbay.push.commands import push
 from patchbay.webhooks.commands import hooks
 from patchbay.webhooks.service import build_source
 
@@ -112,6 +115,9 @@ def serve(
 
 
 main.add_command(hooks)
+main.add_command(push)
+main.add_command(emulate)
+main.add_command(crm)
 
 
 def check_exposure(settings: settings_module.Settings) -> None:
