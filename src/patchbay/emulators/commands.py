@@ -113,11 +113,57 @@ def fcm(
 @emulate.command(context_settings=CONTEXT)
 @click.option("-h", "--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("-p", "--port", type=int, default=9092, show_default=True, help="Port (0: any).")
-def zoho(host: str, port: int) -> None:
-    """Serve Zoho's accounts server and CRM notification API locally."""
+@click.option(
+    "--refresh-token",
+    default="1000.emulator.refresh-token",
+    show_default=True,
+    help="The refresh token it accepts (fixed, so settings survive a restart).",
+)
+@click.option(
+    "--records",
+    "records",
+    multiple=True,
+    metavar="MODULE:ID[,ID...]",
+    help="Only these records exist in MODULE (repeatable); default: every numeric id.",
+)
+@click.option(
+    "--upload-limit",
+    type=int,
+    default=60,
+    show_default=True,
+    help="Uploads a minute before Zoho's 5-minute block (0: no limit).",
+)
+@click.option(
+    "--max-upload-mb",
+    type=click.Choice(["20", "100"]),
+    default="20",
+    show_default=True,
+    help="Largest file: the old API's 20 MB or v8's 100 MB.",
+)
+def zoho(
+    host: str,
+    port: int,
+    refresh_token: str,
+    records: tuple[str, ...],
+    upload_limit: int,
+    max_upload_mb: str,
+) -> None:
+    """Serve Zoho's accounts server and CRM API (attachments, notifications) locally."""
+    restricted: dict[str, list[str]] = {}
+    for spec in records:
+        module, sep, ids = spec.partition(":")
+        if not sep or not module or not all(i.strip().isdigit() for i in ids.split(",")):
+            raise click.BadParameter(f"{spec!r} is not MODULE:ID[,ID...]", param_hint="--records")
+        restricted.setdefault(module, []).extend(i.strip() for i in ids.split(","))
     sock = listen(host, port)
     url = base_url(sock)
-    emulator = ZohoEmulator(api_domain=_reachable(url))
+    emulator = ZohoEmulator(
+        api_domain=_reachable(url),
+        records=restricted or None,
+        upload_limit=upload_limit or None,
+        max_upload_bytes=int(max_upload_mb) * 1024 * 1024,
+    )
+    emulator.refresh_token = emulator.accounts.new_refresh_token(value=refresh_token)
     click.echo(f"Zoho emulator on {url} (accounts and API; configure [crm] with the values below)")
     click.echo(f'client_id = "{emulator.client_id}"')
     click.echo(f'client_secret = "{emulator.client_secret}"')

@@ -362,9 +362,14 @@ class Accounts:
         self.owner: dict[str, str] = {}  # access token -> refresh token
         self.refreshes = 0  # refresh-token grants that issued a token
 
-    def new_refresh_token(self, scopes: Iterable[str] | None = None) -> str:
-        """Create a refresh token, as a grant would, with ``scopes`` (default: ``self.scopes``)."""
-        value = f"1000.{secrets.token_hex(16)}.{secrets.token_hex(16)}"
+    def new_refresh_token(
+        self, scopes: Iterable[str] | None = None, value: str | None = None
+    ) -> str:
+        """Create a refresh token, as a grant would, with ``scopes`` (default: ``self.scopes``).
+
+        ``value`` fixes the token (a command-line emulator keeps one across restarts).
+        """
+        value = value or f"1000.{secrets.token_hex(16)}.{secrets.token_hex(16)}"
         chosen = self.scopes if scopes is None else scopes
         self.grants[value] = Grant(value, scopes=frozenset(s.lower() for s in chosen))
         return value
