@@ -24,7 +24,9 @@ DEMO_NAME = "demo"
 @click.group(context_settings={"help_option_names": ["--help"]})
 @click.version_option(package_name="patchbay")
 def main() -> None:
-    """Patchbay: a self-hosted integration gateway (SQL over HTTP, webhooks in)."""
+    """Patchbay: a self-hosted integration gateway (SQL over HTTP, webhooks, push, CRM)."""
+    # Commands print their results on stdout; only warnings go to stderr (serve sets its own).
+    logs.configure("warning")
 
 
 @main.command(context_settings={"help_option_names": ["--help"]})
