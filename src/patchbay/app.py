@@ -45,6 +45,7 @@ Send = Callable[[Message], Awaitable[None]]
 log = structlog.get_logger("patchbay")
 JSON = b"application/json"
 OPEN_PATHS = frozenset({"/livez", "/readyz"})
+PUSH_BODY_LIMIT = 16 * 1024 * 1024  # 100,000 tokens of about 160 bytes, and the message
 STATS_FILE = "PATCHBAY_STATS_FILE"  # set by `patchbay serve` for every worker it starts
 
 
@@ -136,6 +137,8 @@ class App:
         """The body limit of the endpoint at ``path``, when it has its own."""
         if self.hooks is not None and path.startswith(HOOKS_PREFIX):
             return self.hooks.receiver.body_limit(path)
+        if self.push is not None and path == "/v1/push":
+            return PUSH_BODY_LIMIT
         if self.crm is not None:
             return self.crm.body_limit(path)
         return None

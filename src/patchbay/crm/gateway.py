@@ -134,7 +134,10 @@ class CrmGateway:
                 raise NotFound(f"no endpoint {request.path}")
             if request.method != "POST":
                 raise MethodNotAllowed("uploads are POSTed", allow="POST")
-            form = _read_form(request, self.uploads, self.settings.max_file_bytes)
+            # Writing and fsyncing up to 100 MB is no work for the event loop's thread.
+            form = await asyncio.to_thread(
+                _read_form, request, self.uploads, self.settings.max_file_bytes
+            )
             upload_id = await self._store(match[1], match[2], form, request)
             return Reply(202, JSON, orjson.dumps({"id": upload_id, "state": "pending"}))
         except PatchbayError as exc:
@@ -243,7 +246,9 @@ class CrmGateway:
             return _v1_error(kind, uri, "4600", "Unable to process your request.", 405)
         record_id = params.get("id", "")
         try:
-            form = _read_form(request, self.uploads, self.settings.max_file_bytes, "content")
+            form = await asyncio.to_thread(
+                _read_form, request, self.uploads, self.settings.max_file_bytes, "content"
+            )
             if "attachmentUrl" in params:
                 form.fields.setdefault("attachmentUrl", params["attachmentUrl"])
             if not record_id.isdigit():
