@@ -36,6 +36,22 @@ Design (fcm.md section 5):
 - **Duplicates.** A transport error after the request left (a reset, a timeout) may mean FCM
   delivered it; the retry then duplicates the notification. FCM has no idempotency key; set a
   ``collapse_key`` / ``apns-collapse-id`` where duplicates would hurt (fcm.md 5.4).
+- **Topic management** (``subscribe`` / ``unsubscribe``, fcm.md 1.8) has two APIs. By default
+  (``api="registrations"``) the FCM v1 per-device resource that replaces Instance ID, as
+  firebase-admin 7.7 does: one request per token, ``POST {fcm_url}/v1/projects/{p}/
+  registrations/{token}/topicSubscriptions?topicName=T`` (409 ``ALREADY_EXISTS``: already
+  subscribed, a success) or ``DELETE .../topicSubscriptions/T?allowMissing=true`` (not
+  subscribed: a success too). ``api="iid"`` keeps the legacy Instance ID ``batchAdd`` /
+  ``batchRemove`` (``iid_url``, 1,000 tokens a request, ``IID_PARALLEL`` batches at a time).
+  Either way the input is read lazily (per-token requests: at most ``window`` tokens being
+  worked on), requests take the sender's ``concurrency`` slots, 429/5xx and transport errors
+  are retried as sends are (backoff, ``Retry-After``; topic management has a quota of its own,
+  so it neither causes nor waits for the project pause of sends), and the ``TopicReport`` holds
+  a count and only the failures. A failure's ``error`` is the per-token code of the Instance ID
+  API or, per device, the canonical status (``NOT_FOUND``, ``INVALID_ARGUMENT``,
+  ``PERMISSION_DENIED``...: the same words). A dead token (IID ``NOT_FOUND``; per device an
+  ``UNREGISTERED``, ``SENDER_ID_MISMATCH`` or invalid token, or a JSON ``NOT_FOUND``) is
+  reported through ``on_dead_token`` as a send's is.
 - **Injected clock, sleep and randomness**, so tests run retries and pauses in virtual time.
 - **The blocking API is a thin façade**: ``BlockingSender`` runs one event loop in a daemon
   thread and forwards every call to the async ``Sender`` on it (never ``asyncio.run`` per call,
@@ -64,12 +80,14 @@ from collections.abc import (
     Iterable,
     Iterator,
     Mapping,
+    Sequence,
 )
 from dataclasses import dataclass, field
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -96,6 +114,8 @@ from patchbay.settings import PushSettings
 log = structlog.get_logger("patchbay.push")
 
 Outcome = Literal["sent", "dead_token", "invalid_message", "auth_error", "failed"]
+TopicApi = Literal["registrations", "iid"]  # per-device topicSubscriptions, or Instance ID
+TOPIC_APIS: Final[tuple[TopicApi, ...]] = ("registrations", "iid")
 DeadTokenCallback = Callable[[str, str], Awaitable[None] | None]
 
 STREAMS_PER_CONNECTION: Final = 100  # what Google's front ends allow on one HTTP/2 connection
@@ -151,7 +171,10 @@ class TopicFailure:
     """One registration token a topic subscription change failed for."""
 
     token: str
-    error: str  # the Instance ID API's per-token error (NOT_FOUND, ...) or the batch's failure
+    # The Instance ID API's per-token error (NOT_FOUND, ...), or the canonical status of the
+    # per-device API's answer (NOT_FOUND, INVALID_ARGUMENT, PERMISSION_DENIED, ...), or why the
+    # request failed (UNAVAILABLE, TRANSPORT, ...).
+    error: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +217,7 @@ class Answer:
     retry_after: float | None = None  # seconds, as the server asked (uncapped)
     project_quota: bool = False  # a QUOTA_EXCEEDED for the whole project (or unspecified)
     data: Mapping[str, Any] = field(default_factory=dict, repr=False)  # a success's JSON
+    status: str | None = None  # the google.rpc.Status canonical code (NOT_FOUND, ...), if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +228,9 @@ class _End:
     answer: Answer | None  # the last answer; None when no request was answered
     attempts: int  # requests made
     detail: str = ""
+
+
+_Tally = tuple[int, Sequence[TopicFailure]]  # tokens changed, tokens failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +310,7 @@ def classify(status: int, headers: Mapping[str, str], body: bytes) -> Answer:
     after = retry_after(headers)
 
     def answer(verdict: Any, **extra: Any) -> Answer:
-        return Answer(verdict, status, code, message, retry_after=after, **extra)
+        return Answer(verdict, status, code, message, retry_after=after, status=canonical, **extra)
 
     if fcm_code in DEAD_CODES:
         return answer("dead")
@@ -381,6 +408,9 @@ class Sender:
         self.stats = SenderStats()
         self.send_url = f"{settings.fcm_url.rstrip('/')}/v1/projects/{project}/messages:send"
         self.iid_url = f"{settings.iid_url.rstrip('/')}/iid/v1"
+        self.registrations_url = (
+            f"{settings.fcm_url.rstrip('/')}/v1/projects/{project}/registrations"
+        )
         self._owned = http is None
         self._clients = [http] if http is not None else make_clients(settings, transport)
         self._busy = [0] * len(self._clients)
@@ -628,11 +658,12 @@ class Sender:
     async def _exchange(
         self,
         url: str,
-        body: bytes,
+        body: bytes | None,
         *,
         stop: Callable[[], bool] = lambda: False,
         headers: Mapping[str, str] | None = None,
         sends: bool = True,
+        method: str = "POST",
     ) -> _End:
         """POST ``body`` until an answer that is not retried, with the whole retry policy.
 
@@ -641,7 +672,8 @@ class Sender:
         401 once with a fresh token. ``stop`` is asked before each request (a token reported
         dead meanwhile): when it says so, no request is made. ``sends=False`` (topic
         management, which has a quota of its own) neither waits for nor causes the pause of
-        sends after a project QUOTA_EXCEEDED.
+        sends after a project QUOTA_EXCEEDED. ``method`` makes it another kind of request (a
+        ``DELETE``, with ``body`` None).
         """
         settings = self.settings
         deadline = self.clock() + settings.deadline
@@ -675,7 +707,7 @@ class Sender:
                         return _End("deadline", answer, attempts, detail)
                     attempts += 1
                     answer = await self._post(
-                        url, body, token, min(settings.timeout, remaining), headers
+                        url, body, token, min(settings.timeout, remaining), headers, method
                     )
                 if answer.verdict == "unauthenticated" and not refreshed:
                     refreshed = True
@@ -714,12 +746,13 @@ class Sender:
     async def _post(
         self,
         url: str,
-        body: bytes,
+        body: bytes | None,
         token: AccessToken,
         limit: float,
         headers: Mapping[str, str] | None = None,
+        method: str = "POST",
     ) -> Answer:
-        """One request on the least busy client, counted; the answer classified."""
+        """One request (POST unless ``method``) on the least busy client, counted; classified."""
         shard = min(range(len(self._clients)), key=self._busy.__getitem__)
         stats = self.stats
         self._busy[shard] += 1
@@ -727,12 +760,13 @@ class Sender:
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         try:
-            response = await self._clients[shard].post(
+            response = await self._clients[shard].request(
+                method,
                 url,
                 content=body,
                 headers={
                     "authorization": token.authorization,
-                    "content-type": "application/json",
+                    **({} if body is None else {"content-type": "application/json"}),
                     **(headers or {}),
                 },
                 timeout=limit,
@@ -748,57 +782,139 @@ class Sender:
     # -- topics
 
     async def subscribe(
-        self, topic: str, tokens: Iterable[str] | AsyncIterable[str]
+        self,
+        topic: str,
+        tokens: Iterable[str] | AsyncIterable[str],
+        *,
+        api: TopicApi = "registrations",
     ) -> TopicReport:
-        """Subscribe tokens to ``topic`` (Instance ID ``batchAdd``, 1,000 per request)."""
-        return await self._topic("subscribe", topic, tokens)
+        """Subscribe tokens (or FIDs) to ``topic``, read lazily, any number of them.
+
+        ``api="registrations"``: one ``topicSubscriptions`` create per token (already
+        subscribed counts as success); ``api="iid"``: Instance ID ``batchAdd``, 1,000 a request.
+        """
+        return await self._topic("subscribe", topic, tokens, api)
 
     async def unsubscribe(
-        self, topic: str, tokens: Iterable[str] | AsyncIterable[str]
+        self,
+        topic: str,
+        tokens: Iterable[str] | AsyncIterable[str],
+        *,
+        api: TopicApi = "registrations",
     ) -> TopicReport:
-        """Unsubscribe tokens from ``topic`` (Instance ID ``batchRemove``)."""
-        return await self._topic("unsubscribe", topic, tokens)
+        """Unsubscribe tokens (or FIDs) from ``topic``, read lazily, any number of them.
+
+        ``api="registrations"``: one ``topicSubscriptions`` delete per token, with
+        ``allowMissing`` (not subscribed counts as success); ``api="iid"``: ``batchRemove``.
+        """
+        return await self._topic("unsubscribe", topic, tokens, api)
 
     async def _topic(
         self,
         action: Literal["subscribe", "unsubscribe"],
         topic: str,
         tokens: Iterable[str] | AsyncIterable[str],
+        api: TopicApi,
     ) -> TopicReport:
         name = normalize_topic("topic", topic)
-        url = f"{self.iid_url}:{'batchAdd' if action == 'subscribe' else 'batchRemove'}"
-        failures: list[TopicFailure] = []
-        succeeded = 0
-        running: set[asyncio.Task[tuple[int, list[TopicFailure]]]] = set()
+        if api == "iid":
+            url = f"{self.iid_url}:{'batchAdd' if action == 'subscribe' else 'batchRemove'}"
 
-        async def collect(block: bool) -> None:
-            nonlocal succeeded, running
-            if not running:
-                return
-            finished, running = await asyncio.wait(
-                running, return_when=asyncio.FIRST_COMPLETED if block else asyncio.ALL_COMPLETED
-            )
-            for task in finished:
-                ok, failed = task.result()
-                succeeded += ok
-                failures.extend(failed)
+            def batch(chunk: list[str]) -> Awaitable[_Tally]:
+                return self._iid_batch(url, name, chunk)
+
+            tally = await self._topic_work(_batches(_aiter(tokens), IID_BATCH), batch, IID_PARALLEL)
+        elif api == "registrations":
+
+            def one(token: str) -> Awaitable[_Tally]:
+                return self._registration(action, name, token)
+
+            tally = await self._topic_work(_aiter(tokens), one, self.window)
+        else:
+            raise ValueError(f"api: {api!r} is not one of {', '.join(TOPIC_APIS)}")
+        return TopicReport(name, action, tally[0], tuple(tally[1]))
+
+    async def _topic_work(
+        self, units: AsyncIterator[_T], run: Callable[[_T], Awaitable[_Tally]], parallel: int
+    ) -> tuple[int, list[TopicFailure]]:
+        """``run`` every unit, at most ``parallel`` at a time; the summed tally.
+
+        Finished tasks come back through a queue (O(1) each, however many run), and only
+        failures are kept, so memory stays flat whatever the number of tokens.
+        """
+        done: asyncio.Queue[asyncio.Task[_Tally]] = asyncio.Queue()
+        running: set[asyncio.Task[_Tally]] = set()
+        loop = asyncio.get_running_loop()
+        succeeded = 0
+        failures: list[TopicFailure] = []
+        exhausted = False
+
+        async def task(unit: _T) -> _Tally:
+            return await run(unit)
 
         try:
-            async for batch in _batches(_aiter(tokens), IID_BATCH):
-                while len(running) >= IID_PARALLEL:
-                    await collect(block=True)
-                running.add(asyncio.create_task(self._iid_batch(url, name, batch)))
-            await collect(block=False)
+            while True:
+                while not exhausted and len(running) < parallel:
+                    try:
+                        unit = await anext(units)
+                    except StopAsyncIteration:
+                        exhausted = True
+                        break
+                    started = loop.create_task(task(unit))
+                    running.add(started)
+                    started.add_done_callback(done.put_nowait)
+                if not running:
+                    return succeeded, failures
+                finished = await done.get()
+                running.discard(finished)
+                ok, failed = finished.result()
+                succeeded += ok
+                failures.extend(failed)
         finally:
-            for task in running:
-                task.cancel()
+            for pending in running:
+                pending.cancel()
             if running:
                 await asyncio.wait(running)
-        return TopicReport(name, action, succeeded, tuple(failures))
 
-    async def _iid_batch(
-        self, url: str, topic: str, batch: list[str]
-    ) -> tuple[int, list[TopicFailure]]:
+    async def _registration(
+        self, action: Literal["subscribe", "unsubscribe"], topic: str, token: str
+    ) -> _Tally:
+        """One token's ``topicSubscriptions`` create or delete, with a send's retry policy."""
+        try:
+            target = check_token("token", token)
+        except InvalidMessage:
+            return 0, (TopicFailure(str(token), "INVALID_ARGUMENT"),)  # no URL can name it
+        base = f"{self.registrations_url}/{quote(target, safe='')}/topicSubscriptions"
+        if action == "subscribe":
+            end = await self._exchange(
+                f"{base}?topicName={quote(topic, safe='')}", b"{}", sends=False
+            )
+        else:
+            end = await self._exchange(
+                f"{base}/{quote(topic, safe='')}?allowMissing=true",
+                None,
+                sends=False,
+                method="DELETE",
+            )
+        answer = end.answer
+        if answer is None:
+            return 0, (TopicFailure(target, "FAILED"),)
+        if end.why == "answered":
+            if answer.verdict == "sent":
+                return 1, ()
+            if action == "subscribe" and (
+                answer.http_status == 409 or answer.status == "ALREADY_EXISTS"
+            ):
+                return 1, ()  # already subscribed: what was asked for
+            if answer.verdict == "dead" or (
+                answer.http_status == 404 and answer.status == "NOT_FOUND"
+            ):
+                # A JSON NOT_FOUND on this resource: no such registration (a wrong URL or
+                # method gets an HTML page or "Method not found", neither a dead token).
+                await self._report_dead(target, answer.error_code or "NOT_FOUND")
+        return 0, (TopicFailure(target, answer.status or answer.error_code or "FAILED"),)
+
+    async def _iid_batch(self, url: str, topic: str, batch: list[str]) -> _Tally:
         """One batch with the retry policy of a send; (succeeded, failures)."""
         body = orjson.dumps({"to": f"/topics/{topic}", "registration_tokens": batch})
         # Without this header the Instance ID API reads the bearer as a (retired) server key.
@@ -812,9 +928,7 @@ class Sender:
         code = (answer.error_code if answer else None) or "FAILED"
         return 0, [TopicFailure(t, code) for t in batch]
 
-    async def _iid_results(
-        self, batch: list[str], results: list[Any]
-    ) -> tuple[int, list[TopicFailure]]:
+    async def _iid_results(self, batch: list[str], results: list[Any]) -> _Tally:
         failed: list[TopicFailure] = []
         for token, item in zip(batch, results, strict=True):
             error = item.get("error") if isinstance(item, Mapping) else "BAD_ANSWER"
@@ -995,13 +1109,21 @@ class BlockingSender:
             ),
         )
 
-    def subscribe(self, topic: str, tokens: Iterable[str]) -> TopicReport:
-        """Subscribe tokens to ``topic``."""
-        return _last(self._stream(tokens, lambda s: _once(self.sender.subscribe(topic, s))))
+    def subscribe(
+        self, topic: str, tokens: Iterable[str], *, api: TopicApi = "registrations"
+    ) -> TopicReport:
+        """Subscribe tokens to ``topic`` (``api`` as ``Sender.subscribe``)."""
+        return _last(
+            self._stream(tokens, lambda s: _once(self.sender.subscribe(topic, s, api=api)))
+        )
 
-    def unsubscribe(self, topic: str, tokens: Iterable[str]) -> TopicReport:
-        """Unsubscribe tokens from ``topic``."""
-        return _last(self._stream(tokens, lambda s: _once(self.sender.unsubscribe(topic, s))))
+    def unsubscribe(
+        self, topic: str, tokens: Iterable[str], *, api: TopicApi = "registrations"
+    ) -> TopicReport:
+        """Unsubscribe tokens from ``topic`` (``api`` as ``Sender.unsubscribe``)."""
+        return _last(
+            self._stream(tokens, lambda s: _once(self.sender.unsubscribe(topic, s, api=api)))
+        )
 
     def _stream(
         self, items: Iterable[_T], run: Callable[[AsyncIterator[_T]], AsyncIterator[_R]]
@@ -1123,6 +1245,7 @@ __all__ = [
     "Result",
     "Sender",
     "SenderStats",
+    "TopicApi",
     "TopicFailure",
     "TopicReport",
     "classify",

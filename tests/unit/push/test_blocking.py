@@ -69,6 +69,18 @@ def test_plain_sync_code(blocking: BlockingSender, emulator: FcmEmulator) -> Non
     assert emulator.topics["news"] == {"b"}
 
 
+def test_topics_through_either_api(blocking: BlockingSender, emulator: FcmEmulator) -> None:
+    """subscribe/unsubscribe take ``api``: one request per token by default, IID batches on ask."""
+    tokens = [f"t{i}" for i in range(1500)]
+    assert blocking.subscribe("news", iter(tokens)).succeeded == 1500
+    assert emulator.topic_requests == 1500
+    assert blocking.unsubscribe("news", iter(tokens), api="iid").succeeded == 1500
+    assert emulator.topic_requests == 1502
+    assert "news" not in emulator.topics
+    report = blocking.subscribe("news", ["a", "a"], api="registrations")
+    assert (report.succeeded, emulator.topics["news"]) == (2, {"a"})
+
+
 def test_input_is_read_in_the_callers_thread(blocking: BlockingSender) -> None:
     """A thread-bound sqlite cursor works: the loop thread never touches the iterable."""
     db = sqlite3.connect(":memory:")  # check_same_thread: other threads may not use it

@@ -488,18 +488,18 @@ async def test_abandoned_stream_cancels_its_sends(
 async def test_subscribe_in_batches_of_1000(
     emulator: FcmEmulator, make_sender: SenderFactory
 ) -> None:
-    """2,500 tokens: three batchAdd calls; unknown tokens fail NOT_FOUND and are reported."""
+    """api="iid", 2,500 tokens: three batchAdd calls; unknown tokens fail NOT_FOUND, reported."""
     emulator.unregister_prefix("dead-")
     reported: list[str] = []
     sender = make_sender(on_dead_token=lambda token, reason: reported.append(token))
     tokens = [f"dead-{i}" if i % 500 == 0 else f"t{i}" for i in range(2500)]
-    report = await sender.subscribe("/topics/news", iter(tokens))
+    report = await sender.subscribe("/topics/news", iter(tokens), api="iid")
     assert (report.topic, report.action, report.succeeded) == ("news", "subscribe", 2495)
     assert {f.error for f in report.failures} == {"NOT_FOUND"}
     assert emulator.topic_requests == 3
     assert emulator.topics["news"] == {t for t in tokens if t.startswith("t")}
     assert sorted(reported) == sorted(f.token for f in report.failures)
-    removed = await sender.unsubscribe("news", [f"t{i}" for i in range(1, 500)])
+    removed = await sender.unsubscribe("news", [f"t{i}" for i in range(1, 500)], api="iid")
     assert removed.ok and removed.succeeded == 499
     assert len(emulator.topics["news"]) == 2495 - 499
 
