@@ -2,7 +2,10 @@
 
 Each claimed job runs on its own task under a per-task timeout; its lease is extended while it
 runs, so a slow job is not taken over by another worker, and a worker that dies simply stops
-extending: the lease expires and the job becomes claimable again. Outcomes:
+extending: the lease expires and the job becomes claimable again. One keeper task per worker
+extends the leases of all its running jobs every third of a lease (a task per job cost a task's
+creation and cancellation for every job, most of which end long before their first extension).
+Outcomes:
 
 - the code returns: ``succeed``;
 - it raises ``Retry(after=...)``: pending again after ``after`` (or the schedule's delay), unless
@@ -75,13 +78,17 @@ class Worker:
         self.on_outcome = on_outcome
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.running: set[asyncio.Task[None]] = set()
+        self._leases: dict[int, int] = {}  # running job id -> the claim's attempt, while kept
+        self._keeper: asyncio.Task[None] | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._slot_free = asyncio.Event()
 
     def start(self) -> None:
         """Begin claiming in the background."""
-        self._loop_task = asyncio.get_running_loop().create_task(self._claim_loop())
+        loop = asyncio.get_running_loop()
+        self._loop_task = loop.create_task(self._claim_loop())
+        self._keeper = loop.create_task(self._keep_leases())
 
     async def stop(self, drain: float = 5.0) -> None:
         """Stop claiming; let running jobs finish for up to ``drain`` seconds, then cancel them.
@@ -100,6 +107,10 @@ class Worker:
             task.cancel()
         if self.running:
             await asyncio.wait(list(self.running), timeout=1.0)
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
 
     async def _claim_loop(self) -> None:
         while not self._stopping:
@@ -132,7 +143,7 @@ class Worker:
         policy = self.policy(job.task)
         if self.on_start is not None:
             self.on_start(claim)
-        keeper = asyncio.get_running_loop().create_task(self._keep_lease(job.id, job.attempts))
+        self._leases[job.id] = job.attempts
         began = time.monotonic()
         retry_in: float | None
         try:
@@ -151,7 +162,7 @@ class Worker:
             outcome = "retry" if retry_in is not None else "dead"
             error = f"timed out after {policy.timeout:g} s" + _trace(exc)
         except asyncio.CancelledError:
-            keeper.cancel()
+            self._leases.pop(job.id, None)
             raise
         except Exception as exc:
             retry_in = self._delay(policy, job.attempts)
@@ -160,7 +171,7 @@ class Worker:
         else:
             outcome, error, retry_in = "succeeded", "", None
         finally:
-            keeper.cancel()
+            self._leases.pop(job.id, None)
         elapsed = time.monotonic() - began
         try:
             if outcome == "succeeded":
@@ -197,12 +208,30 @@ class Worker:
     def _delay(self, policy: Policy, attempts: int) -> float | None:
         return policy.schedule.next_delay(attempts, self.rng)
 
-    async def _keep_lease(self, job_id: int, attempt: int) -> None:
-        with contextlib.suppress(StoreUnavailable):
-            while True:
-                await asyncio.sleep(self.lease / 3)
-                if not await self.store.extend(job_id, self.owner, self.lease, attempt=attempt):
-                    return
+    async def _keep_leases(self) -> None:
+        """Every third of a lease, extend the lease of every job still running.
+
+        A job is extended at most a third of a lease after it was claimed or last extended; a
+        job that finished meanwhile is skipped, and one whose lease was lost (it expired and
+        another owner claimed it) is no longer extended.
+        """
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            held = list(self._leases.items())
+            if not held:
+                continue
+            kept = await asyncio.gather(
+                *(
+                    self.store.extend(job_id, self.owner, self.lease, attempt=attempt)
+                    for job_id, attempt in held
+                ),
+                return_exceptions=True,
+            )
+            for (job_id, attempt), ok in zip(held, kept, strict=True):
+                if ok is False and self._leases.get(job_id) == attempt:
+                    del self._leases[job_id]
+                elif isinstance(ok, BaseException) and not isinstance(ok, StoreUnavailable):
+                    log.warning("cannot extend a lease", job=job_id, error=str(ok))
 
 
 def _describe(exc: BaseException) -> str:

@@ -314,6 +314,34 @@ class StoreContract:
         assert not await store.extend(claim.job.id, "w", LEASE)
         assert not await store.succeed(claim.job.id + 1000, "w")
 
+    async def test_concurrent_successes_each_get_their_answer(
+        self, store: Store, clock: FakeClock
+    ) -> None:
+        """Successes sent together (one batch) answer for their own job, each job once."""
+        checked = cast(AttemptChecked, store)
+        await asyncio.gather(*(store.put(message(f"k{i}")) for i in range(20)))
+        claims = await store.claim("q", "w", limit=20, lease=LEASE)
+        assert len(claims) == 20
+        ids = [c.job.id for c in claims]
+        answers = await asyncio.gather(
+            *(store.succeed(i, "w") for i in ids[:10]),
+            store.succeed(ids[10], "w"),
+            store.succeed(ids[10], "w"),  # the same job twice at once: one of them wins
+            store.succeed(ids[11], "someone else"),
+            checked.succeed(ids[12], "w", attempt=2),  # not this claim's attempt
+            store.succeed(ids[0] + 1000, "w"),
+        )
+        assert answers[:10] == [True] * 10
+        assert sorted(answers[10:12]) == [False, True]
+        assert answers[12:] == [False, False, False]
+        assert (await store.counts())[Status.SUCCEEDED] == 11
+        finished = {j.id: j for j in await store.jobs(Selection(statuses=[Status.SUCCEEDED]))}
+        assert set(finished) == {*ids[:11]}
+        assert all(j.updated_at == clock.now for j in finished.values())
+        # The jobs not finished are still leased to their owner, and can still be.
+        assert await store.succeed(ids[11], "w")
+        assert await checked.succeed(ids[12], "w", attempt=1)
+
     async def test_a_succeeded_sibling_is_never_rerun(self, store: Store, clock: FakeClock) -> None:
         """Of two jobs of one message, retrying the failing one never runs the other again."""
         put = await store.put(message("a", job("ok"), job("flaky")))

@@ -57,6 +57,25 @@ async def test_a_good_delivery_is_stored_before_the_answer(store: SqliteStore) -
     assert stored.meta["headers"]["x-hub-signature-256"] == "[redacted]"
 
 
+async def test_headers_are_redacted_per_delivery_whatever_came_before(store: SqliteStore) -> None:
+    """Each delivery's own headers decide what is redacted, also when names repeat or change."""
+    hooks = receiver(store)
+    plain = signed_request("github", "s3cret", b"{}", event="ping")
+    extra = dict(plain.headers, **{"X-Api-Key": "k", "X-Trace": "t"})
+    for headers in (plain.headers, extra, plain.headers):
+        again = signed_request("github", "s3cret", b"{}", event="ping")
+        headers = {**headers, **{k: v for k, v in again.headers.items() if "delivery" in k.lower()}}
+        assert (await hooks.handle(post("/hooks/gh", headers, again.body))).status == 200
+    stored = [await store.message(i) for i in (1, 2, 3)]
+    metas = [m.meta["headers"] for m in stored if m is not None]
+    assert len(metas) == 3
+    for meta in metas:
+        assert meta["x-hub-signature-256"] == "[redacted]"
+        assert meta["x-github-event"] == "ping"
+    assert (metas[1]["x-api-key"], metas[1]["x-trace"]) == ("[redacted]", "t")
+    assert "x-api-key" not in metas[0] and "x-api-key" not in metas[2]
+
+
 async def test_refusals(store: SqliteStore) -> None:
     """Unknown source 404, wrong method 405 with Allow, oversize 413, bad signature 401."""
     hooks = receiver(store)
