@@ -91,11 +91,18 @@ class BatchCounter:
 
             store._commit = async_commit
         else:
+            # SQLite: a group is any writes (puts, successes, claims...), and its puts may have
+            # been inserted by the event loop already (``begun``); only puts are counted, and the
+            # time is the thread's (the rest of the group's writes, and the COMMIT).
 
-            def sync_commit(batch: list[Any]) -> None:
+            def sync_commit(batch: list[Any], begun: Any = None) -> Any:
                 began = time.perf_counter()
-                commit(batch)
-                self.count(len(batch), time.perf_counter() - began)
+                outcome = commit(batch, begun)
+                ops = [*(begun.ops if begun is not None else ()), *batch]
+                puts = sum(1 for op in ops if hasattr(op, "row"))
+                if puts:
+                    self.count(puts, time.perf_counter() - began)
+                return outcome
 
             store._commit = sync_commit
         claim, succeed = store.claim, store.succeed

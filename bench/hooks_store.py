@@ -13,6 +13,12 @@ on the event loop: ``verify`` (HMAC), ``open_envelope`` (JSON parse), ``redact``
 ``Context`` ``Inbox.accept`` builds, one structured log line (to /dev/null), ``Stats.record``,
 and ``hmac.new(...).digest()`` against the one-shot ``hmac.digest``.
 
+``dispatch`` mode: the webhook dispatcher alone. ``--messages`` deliveries (the same push body,
+meta and one job each, stored through ``Inbox.accept``) are put first; then the real
+``Dispatcher`` (concurrency 16) runs them through one no-op ``async`` handler for
+``--duration`` seconds: jobs per second, this process's CPU per job and (PostgreSQL) the
+server's CPU per job. The ceiling of the dispatcher when it has the machine to itself.
+
 ``commit`` mode: plain ``sqlite3`` on the SQLite store's schema (``patchbay.jobs.sqlite.SCHEMA``),
 ``--batch`` messages (and one job each) per ``BEGIN IMMEDIATE ... COMMIT``, with
 ``synchronous`` FULL, NORMAL and OFF and with the real body or an empty one: milliseconds per
@@ -20,6 +26,7 @@ commit, i.e. how much of a group commit is the fsync and how much the bytes.
 
     .venv/bin/python bench/hooks_store.py --store sqlite --conc 64 --duration 5
     .venv/bin/python bench/hooks_store.py --store postgresql --conc 64 --duration 5
+    .venv/bin/python bench/hooks_store.py --mode dispatch --store sqlite --messages 40000
     .venv/bin/python bench/hooks_store.py --mode commit --batch 64
     .venv/bin/python bench/hooks_store.py --mode micro
 
@@ -82,15 +89,15 @@ async def put_mode(a: argparse.Namespace, url: str) -> dict[str, Any]:
     commit = store._commit  # type: ignore[attr-defined]
     if asyncio.iscoroutinefunction(commit):
 
-        async def counted(batch: list[Any]) -> None:
+        async def counted(*args: Any) -> Any:
             commits[0] += 1
-            await commit(batch)
+            return await commit(*args)
 
     else:
 
-        def counted(batch: list[Any]) -> None:  # type: ignore[misc]
+        def counted(*args: Any) -> Any:  # type: ignore[misc]
             commits[0] += 1
-            commit(batch)
+            return commit(*args)
 
     store._commit = counted  # type: ignore[attr-defined]
     latencies: list[float] = []
@@ -134,6 +141,71 @@ async def put_mode(a: argparse.Namespace, url: str) -> dict[str, Any]:
         "cpu_us_per_put": round(1e6 * cpu / n, 1) if n else None,
         "commits": commits[0],
         "puts_per_commit": round(n / commits[0], 1) if commits[0] else None,
+    }
+
+
+async def dispatch_mode(a: argparse.Namespace, url: str) -> dict[str, Any]:
+    from run import by_name, cpu_of
+
+    from patchbay import logs
+    from patchbay.jobs.model import Schedule
+    from patchbay.webhooks.dispatcher import Dispatcher
+    from patchbay.webhooks.envelope import open_envelope
+    from patchbay.webhooks.inbox import Inbox, Source
+    from patchbay.webhooks.router import Context, Router
+    from patchbay.webhooks.verify import Scheme
+
+    logs.configure("warning")  # the per-job debug lines stay out of the figures
+    router = Router()
+
+    @router.on("push")
+    async def noop(context: Context) -> None:
+        return None
+
+    store = connect(url)
+    await store.open()
+    body = push_payload()
+    source = Source("gh", Scheme(provider="github", secrets=("s",)), router, 1 << 20, Schedule())
+    inbox = Inbox(store, time.time)
+
+    async def deliver(n: int) -> None:
+        headers = dict(HEADERS, **{"x-github-delivery": f"d-{n}"})
+        await inbox.accept(source, open_envelope(source.scheme, headers, body), headers, body)
+
+    for start in range(0, a.messages, 256):
+        await asyncio.gather(*(deliver(n) for n in range(start, min(a.messages, start + 256))))
+    done = [0]
+
+    def finished(claim: Any, outcome: str, seconds: float) -> None:
+        done[0] += 1
+
+    dispatcher = Dispatcher(
+        store,
+        {"gh": source},
+        concurrency=16,
+        timeout=30.0,
+        lease=60.0,
+        poll_interval=0.5,
+        on_outcome=finished,
+    )
+    db = by_name(("postgres",)) if url.startswith("postgresql") else []
+    cpu0, db0, t0 = os.times(), sum(cpu_of(db).values()), time.monotonic()
+    dispatcher.start()
+    await asyncio.sleep(a.duration)
+    cpu1, db1, elapsed = os.times(), sum(cpu_of(db).values()), time.monotonic() - t0
+    n = done[0]
+    await dispatcher.stop()
+    await store.close()
+    cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    return {
+        "mode": "dispatch",
+        "store": url.partition(":")[0],
+        "messages": a.messages,
+        "jobs": n,
+        "jobs_per_s": round(n / elapsed),
+        "exhausted": n >= a.messages,
+        "cpu_us_per_job": round(1e6 * cpu / n, 1) if n else None,
+        "db_cpu_us_per_job": round(1e6 * (db1 - db0) / n, 1) if n and db else None,
     }
 
 
@@ -270,11 +342,12 @@ def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--mode", choices=["put", "commit", "micro"], default="put")
+    p.add_argument("--mode", choices=["put", "dispatch", "commit", "micro"], default="put")
     p.add_argument("--store", choices=["sqlite", "postgresql"], default="sqlite")
     p.add_argument("--conc", type=int, default=64, help="concurrent puts (put mode)")
     p.add_argument("--jobs", type=int, default=0, help="jobs per message (put mode)")
-    p.add_argument("--duration", type=float, default=5.0, help="measured seconds (put mode)")
+    p.add_argument("--duration", type=float, default=5.0, help="measured seconds (put, dispatch)")
+    p.add_argument("--messages", type=int, default=40000, help="deliveries put (dispatch mode)")
     p.add_argument("--batch", type=int, default=64, help="messages per commit (commit mode)")
     p.add_argument("--commits", type=int, default=100, help="commits per variant (commit mode)")
     p.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
@@ -284,15 +357,16 @@ def main() -> int:
         for row in commit_mode(a) if a.mode == "commit" else micro_mode():
             print(json.dumps(row))
         return 0
+    run = dispatch_mode if a.mode == "dispatch" else put_mode
     if a.store == "postgresql":
         fresh_pg_database(a)
         try:
-            print(json.dumps(asyncio.run(put_mode(a, pg_store_url(a)))))
+            print(json.dumps(asyncio.run(run(a, pg_store_url(a)))))
         finally:
             psql(a.pg_admin_url, f'DROP DATABASE IF EXISTS "{a.pg_db}" WITH (FORCE)')
         return 0
     with tempfile.TemporaryDirectory(prefix="patchbay-store-") as tmp:
-        print(json.dumps(asyncio.run(put_mode(a, f"sqlite:///{Path(tmp) / 'jobs.db'}"))))
+        print(json.dumps(asyncio.run(run(a, f"sqlite:///{Path(tmp) / 'jobs.db'}"))))
     return 0
 
 
