@@ -110,6 +110,17 @@ def targets_hash(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), len(tokens)
 
 
+def push_source() -> str:
+    """sha256 (16 hex) of what this benchmark runs of src/: the sender, the emulator, settings."""
+    digest = hashlib.sha256()
+    src = ROOT / "src" / "patchbay"
+    files = [*sorted((src / "push").glob("*.py")), *sorted((src / "emulators").glob("*.py"))]
+    for path in [*files, src / "settings.py"]:
+        digest.update(str(path.relative_to(ROOT)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def wait_for_others(pattern: str, max_wait: float) -> float:
     """Poll until no process matches ``pattern`` (the other benchmark); seconds waited."""
     started = time.monotonic()
@@ -536,6 +547,7 @@ def main() -> int:
 
     def keep(rec: dict[str, Any]) -> None:
         rec = {"ts": round(time.time(), 3), **session, **source_id(), **rec}
+        rec["push_src_sha256"] = push_source()
         if not records:
             rec["versions"] = info
         records.append(rec)
