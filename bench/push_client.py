@@ -9,18 +9,17 @@ emulator at ``--url`` whose token endpoint is the service account's ``token_uri`
 
 Clients (``--http 2`` = h2c, HTTP/2 with prior knowledge, ``--http 1`` = HTTP/1.1):
 
-- ``bare``: the ceiling. One ``httpx.AsyncClient`` (h2c: ``http1=False, http2=True``; HTTP/1.1:
+- ``bare``: the HTTP/2 ceiling (``push.py`` takes the faster bare client of each protocol as
+  its ceiling). One ``httpx.AsyncClient`` (h2c: ``http1=False, http2=True``; HTTP/1.1:
   a pool of ``concurrency`` keep-alive connections), a bearer token obtained once,
   ``concurrency`` coroutines each taking the next token and posting the v1 JSON; only the status
   is looked at.
 - ``bare-aiohttp``: the same with aiohttp (HTTP/1.1 only; one ``ClientSession``, a connector of
-  ``concurrency`` keep-alive connections): a second ceiling for HTTP/1.1, from a client whose
-  HTTP parser is in C.
-- ``patchbay``: ``patchbay.push.Sender`` (async), ``send_multicast(template, tokens)``.
-- ``patchbay-sharded``: an experiment, not Patchbay as shipped. ``patchbay`` with HTTP/1.1 and
-  ``make_clients`` replaced so that the ``concurrency`` connections are spread over httpx
-  clients of 10 each (the sender already spreads requests over its clients by load): httpcore's
-  pool looks at every connection of its pool for each request.
+  ``concurrency`` keep-alive connections): the HTTP/1.1 ceiling in practice, a client whose
+  HTTP parser is in C and whose pool does not scan its connections.
+- ``patchbay``: ``patchbay.push.Sender`` (async), ``send_multicast(template, tokens)``, as
+  shipped: ``[push] http2`` chooses its transport (``--http 2``: httpx over h2c; ``--http 1``:
+  aiohttp over HTTP/1.1, see ``src/patchbay/push/transport.py``).
 - ``patchbay-blocking``: ``patchbay.push.connect(...)`` (the ``BlockingSender``),
   ``send_multicast``: what a script or a WSGI app uses.
 - ``admin-async``: firebase-admin ``messaging.send_each_async``, batches of 500 (its limit) one
@@ -69,12 +68,10 @@ BODY = "Your order has shipped"
 DATA = {"order": "42", "kind": "shipping"}
 BATCH = 500  # firebase-admin's limit per send_each / send_each_async call
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
-SHARD = 10  # patchbay-sharded: HTTP/1.1 connections per httpx client
 CLIENTS = (
     "bare",
     "bare-aiohttp",
     "patchbay",
-    "patchbay-sharded",
     "patchbay-blocking",
     "admin-async",
     "admin-sync",
@@ -282,31 +279,9 @@ def count_patchbay(meter: Meter, result: Any) -> None:
         meter.fail(f"{result.outcome} {result.error_code} {result.detail}")
 
 
-def shard_http11_pools() -> None:
-    """``patchbay-sharded``: HTTP/1.1 clients of ``SHARD`` connections each (monkeypatch)."""
-    import math
-
-    import httpx
-
-    from patchbay.push import client
-
-    def make_clients(settings: Any, transport: Any = None) -> list[httpx.AsyncClient]:
-        timeout = httpx.Timeout(settings.timeout, connect=min(settings.timeout, 10.0))
-        limits = httpx.Limits(max_connections=SHARD, max_keepalive_connections=SHARD)
-        shards = math.ceil(settings.concurrency / SHARD)
-        return [
-            httpx.AsyncClient(http2=False, limits=limits, timeout=timeout) for _ in range(shards)
-        ]
-
-    client.make_clients = make_clients
-
-
 async def run_patchbay(a: argparse.Namespace, meter: Meter) -> None:
     from patchbay.push import Sender
     from patchbay.settings import PushSettings
-
-    if a.client == "patchbay-sharded":
-        shard_http11_pools()
 
     settings = PushSettings(
         service_account=a.sa, fcm_url=a.url, concurrency=a.concurrency, http2=a.http == 2
@@ -541,7 +516,7 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=100)
     p.add_argument("--http", type=int, choices=(1, 2), default=2)
     a = p.parse_args()
-    http11_only = ("bare-aiohttp", "patchbay-sharded", "admin-sync", "pyfcm-threads", "pyfcm-async")
+    http11_only = ("bare-aiohttp", "admin-sync", "pyfcm-threads", "pyfcm-async")
     if a.http == 2 and a.client in http11_only:
         p.error(f"{a.client} speaks HTTP/1.1 only (requests / aiohttp)")
     meter = Meter()
@@ -550,7 +525,6 @@ def main() -> int:
         "bare": run_bare,
         "bare-aiohttp": run_bare_aiohttp,
         "patchbay": run_patchbay,
-        "patchbay-sharded": run_patchbay,
         "patchbay-blocking": run_patchbay_blocking,
         "admin-async": run_admin_async,
         "admin-sync": run_admin_sync,

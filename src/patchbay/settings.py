@@ -181,7 +181,10 @@ class PushSettings:
     max_attempts: int = 6
     retry_after_cap: float = 60.0  # a longer Retry-After is honoured only up to this
     quota_floor: float = 60.0  # seconds to wait after a project-wide QUOTA_EXCEEDED
-    http2: bool = True
+    # false: HTTP/1.1 on aiohttp, a keep-alive pool of `concurrency` connections; true: HTTP/2
+    # on httpx. HTTP/1.1 by default: it costs far less client CPU per message, and that is
+    # what limits a Python sender (measured: docs/push.md, "Which protocol").
+    http2: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,10 @@
 
 - ``messages``: typed, checked ``Message`` values and their exact wire JSON (pure).
 - ``auth``: OAuth access tokens from a service account, refreshed once for all senders.
-- ``client``: the async ``Sender`` (concurrent, HTTP/2, retries per FCM's error table, dead-token
+- ``client``: the async ``Sender`` (concurrent, retries per FCM's error table, dead-token
   reports) and ``BlockingSender``, a thin synchronous façade over it.
+- ``transport``: the sender's HTTP seam: aiohttp over HTTP/1.1 (the default) or httpx over
+  HTTP/2, behind one ``request`` call.
 - ``errors``: ``InvalidMessage`` and the sender-level ``PushError`` tree.
 
 Hand-written rather than built on firebase-admin: its URL is fixed (no emulator), its async

@@ -7,9 +7,10 @@ Design:
   answer, and it POSTs to the file's ``token_uri``, so a service account whose ``token_uri``
   points at the emulator works unchanged. Its ``refresh`` is blocking, so it runs in a worker
   thread (``asyncio.to_thread``); the one HTTP request it makes is handed back to the event loop
-  and sent through the sender's own ``httpx.AsyncClient`` (``_LoopRequest``). That keeps one
-  HTTP stack, one set of timeouts, and lets tests route the token request to an in-process
-  emulator with ``httpx.ASGITransport``; it also means no ``requests`` dependency.
+  and sent through the sender's own transport (``transport.py``: its aiohttp session or httpx
+  clients; an ``httpx.AsyncClient`` is accepted too) by ``_LoopRequest``. That keeps one HTTP
+  stack, one set of timeouts, and lets tests route the token request to an in-process emulator
+  with ``httpx.ASGITransport``; it also means no ``requests`` dependency.
 - **Single flight.** ``token()`` returns the cached token while it is fresh; otherwise every
   concurrent caller awaits one shared refresh task (shielded, so a cancelled caller does not
   cancel it for the others). A 10,000-message burst across an expiry costs one token request.
@@ -44,6 +45,7 @@ from google.oauth2 import service_account
 
 from patchbay.errors import ConfigError
 from patchbay.push.errors import PushAuthError, PushError, PushUnavailable
+from patchbay.push.transport import Reply, Transport, TransportFailure, as_transport
 
 log = structlog.get_logger("patchbay.push")
 
@@ -113,14 +115,14 @@ class ServiceAccountTokens:
     def __init__(
         self,
         credentials: service_account.Credentials,
-        http: httpx.AsyncClient,
+        http: httpx.AsyncClient | Transport,
         *,
         clock: Callable[[], float] = time.monotonic,
         timeout: float = 30.0,
         early: float = REFRESH_EARLY,
     ) -> None:
         self.credentials = credentials
-        self.http = http
+        self.http = as_transport(http)  # not closed here: it is the sender's (or the caller's)
         self.clock = clock
         self.timeout = timeout
         self.early = early
@@ -131,7 +133,7 @@ class ServiceAccountTokens:
 
     @classmethod
     def from_info(
-        cls, info: Mapping[str, Any], http: httpx.AsyncClient, **kwargs: Any
+        cls, info: Mapping[str, Any], http: httpx.AsyncClient | Transport, **kwargs: Any
     ) -> ServiceAccountTokens:
         """A source for the parsed service-account JSON ``info``."""
         try:
@@ -144,7 +146,7 @@ class ServiceAccountTokens:
 
     @classmethod
     def from_file(
-        cls, path: str | Path, http: httpx.AsyncClient, **kwargs: Any
+        cls, path: str | Path, http: httpx.AsyncClient | Transport, **kwargs: Any
     ) -> ServiceAccountTokens:
         """A source for the service-account JSON file at ``path``."""
         return cls.from_info(load_service_account(path), http, **kwargs)
@@ -226,30 +228,28 @@ class ServiceAccountTokens:
 
 
 class _Response(google.auth.transport.Response):
-    """An httpx answer as google-auth reads it."""
+    """A transport's answer as google-auth reads it."""
 
-    def __init__(self, response: httpx.Response) -> None:
-        self._response = response
+    def __init__(self, reply: Reply) -> None:
+        self._reply = reply
 
     @property
     def status(self) -> int:
-        return self._response.status_code
+        return self._reply.status
 
     @property
     def headers(self) -> Mapping[str, str]:
-        return self._response.headers
+        return self._reply.headers
 
     @property
     def data(self) -> bytes:
-        return self._response.content
+        return self._reply.body
 
 
 class _LoopRequest(google.auth.transport.Request):
     """google-auth's transport, called in a worker thread, sending on the event loop's client."""
 
-    def __init__(
-        self, http: httpx.AsyncClient, loop: asyncio.AbstractEventLoop, timeout: float
-    ) -> None:
+    def __init__(self, http: Transport, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
         self.http = http
         self.loop = loop
         self.timeout = timeout
@@ -265,13 +265,14 @@ class _LoopRequest(google.auth.transport.Request):
     ) -> _Response:
         seconds = timeout or self.timeout
         future = asyncio.run_coroutine_threadsafe(
-            self.http.request(method, url, content=body, headers=headers, timeout=seconds),
-            self.loop,
+            self.http.request(method, url, body, headers or {}, seconds), self.loop
         )
         try:
-            # A little over httpx's own timeout, in case the loop stops under us.
-            response = future.result(timeout=seconds + 5.0)
-        except httpx.HTTPError as exc:
+            # A little over the transport's own timeout, in case the loop stops under us.
+            reply = future.result(timeout=seconds + 5.0)
+        except TransportFailure as exc:  # its text names the library's error already
+            raise google.auth.exceptions.TransportError(str(exc)) from exc  # type: ignore[no-untyped-call]
+        except httpx.HTTPError as exc:  # what httpx raises beyond its transport errors
             raise google.auth.exceptions.TransportError(  # type: ignore[no-untyped-call]
                 f"{type(exc).__name__}: {exc}"
             ) from exc
@@ -280,7 +281,7 @@ class _LoopRequest(google.auth.transport.Request):
             raise google.auth.exceptions.TransportError(  # type: ignore[no-untyped-call]
                 "the token request timed out"
             ) from exc
-        return _Response(response)
+        return _Response(reply)
 
 
 def _retrieve(task: asyncio.Task[AccessToken]) -> None:

@@ -7,13 +7,19 @@ Design (fcm.md section 5):
   requests in flight for the whole ``Sender`` (a semaphore held only around the HTTP exchange,
   never during a back-off sleep), whichever of ``send``, ``send_many``, ``send_multicast`` and
   the topic calls they come from.
-- **HTTP/2.** Against ``https://`` FCM the client offers h2 by ALPN. A plain ``http://`` base
-  (the emulator under hypercorn) gets h2c with prior knowledge (``http1=False``), which hypercorn
-  speaks; ``http2 = false`` gives HTTP/1.1 with a keep-alive pool of ``concurrency``
-  connections. httpcore multiplexes everything over *one* HTTP/2 connection per client and does
-  not open a second one when the server's stream limit (100 at Google) is reached, so above 100
-  in flight the sender shards over ``ceil(concurrency / 100)`` clients, each request going to
-  the least busy one.
+- **HTTP through one narrow seam** (``transport.py``): the sender only calls
+  ``transport.request(method, url, body, headers, limit)`` and classifies the ``Reply``, so the
+  retry policy below exists once, whatever the protocol. ``http2 = false`` (the default):
+  aiohttp over HTTP/1.1 with a keep-alive pool of ``concurrency`` connections (a C parser, and a
+  pool that does not scan its connections: a fraction of httpx's client CPU per request, which
+  is what limits a Python sender; docs/push.md, "Which protocol"). ``http2 = true``: httpx over
+  HTTP/2 (h2 by ALPN against ``https://``, h2c with prior knowledge against an ``http://``
+  emulator), sharded over ``ceil(concurrency / 100)`` connections. ``http=`` (an
+  ``httpx.AsyncClient`` or any ``Transport``) and ``transport=`` (an httpx transport:
+  ``ASGITransport`` to the emulator in tests) replace the sender's own.
+- **Little work per message.** A multicast serializes its template once and splices each
+  token's JSON string into the bytes (no dict per message); a JSON POST's headers are built once
+  per access token, not per request.
 - **Streaming.** ``send_many`` and ``send_multicast`` pull their input lazily (sync or async
   iterables: a file of a million tokens is never in memory) and keep at most ``window`` messages
   being worked on (in flight or waiting to retry); results are yielded as they complete, each
@@ -109,6 +115,7 @@ from patchbay.push.messages import (
     check_token,
     normalize_topic,
 )
+from patchbay.push.transport import Transport, TransportFailure, as_transport, make_transport
 from patchbay.settings import PushSettings
 
 log = structlog.get_logger("patchbay.push")
@@ -118,7 +125,6 @@ TopicApi = Literal["registrations", "iid"]  # per-device topicSubscriptions, or 
 TOPIC_APIS: Final[tuple[TopicApi, ...]] = ("registrations", "iid")
 DeadTokenCallback = Callable[[str, str], Awaitable[None] | None]
 
-STREAMS_PER_CONNECTION: Final = 100  # what Google's front ends allow on one HTTP/2 connection
 WINDOW_PER_SLOT: Final = 4  # messages worked on (sending or waiting to retry) per request slot
 BACKOFF_BASE: Final = 1.0  # seconds; Google: 1, 2, 4, 8 ... with jitter
 BACKOFF_CAP: Final = 60.0
@@ -361,8 +367,21 @@ def _about_token(error: Mapping[str, Any], message: str) -> bool:
     return "registration token" in message.lower()
 
 
-def _transport(exc: httpx.TransportError) -> Answer:
-    return Answer("retry", None, "TRANSPORT", f"{type(exc).__name__}: {exc}".rstrip(": "))
+def _no_answer(exc: TransportFailure) -> Answer:
+    return Answer("retry", None, "TRANSPORT", str(exc))
+
+
+def _splice(base: Mapping[str, Any], kind: str, validate_only: bool) -> tuple[bytes, bytes]:
+    """The request body of a multicast around its target: ``head + json(token) + tail``.
+
+    The template is serialized once; each message then costs one small ``orjson.dumps`` of its
+    token (which escapes it) and two concatenations, and the bytes equal
+    ``orjson.dumps({"message": {kind: token, **base}, "validate_only": validate_only})``.
+    """
+    rest = orjson.dumps(base)[1:]  # the template's members and its closing brace, or just "}"
+    head = b'{"message":{' + orjson.dumps(kind) + b":"
+    tail = (b"," if rest != b"}" else b"") + rest + b',"validate_only":'
+    return head, tail + (b"true}" if validate_only else b"false}")
 
 
 # -- the async sender --------------------------------------------------------------------------
@@ -373,11 +392,13 @@ class Sender:
 
     ``settings`` gives the URLs and limits; ``tokens`` the access tokens (``from_settings``
     builds them from the service account). ``project_id`` overrides ``settings.project_id``.
-    ``http`` is a client to use (the caller closes it); else the sender makes its own clients
-    (with ``transport``, when given) and closes them in ``aclose``. ``on_dead_token(token,
-    reason)``, sync or async, is called once per token found dead. ``clock`` (monotonic
-    seconds), ``sleep`` and ``rng`` are injectable for tests; ``window`` bounds the messages a
-    stream works on at once (default ``4 * concurrency``). Use from one event loop only.
+    ``http`` is an ``httpx.AsyncClient`` or a ``Transport`` to use (the caller closes it); else
+    the sender makes its own (``make_transport``: HTTP/1.1 or HTTP/2 as ``settings.http2`` says,
+    or one httpx client on ``transport`` when given) and closes it in ``aclose``.
+    ``on_dead_token(token, reason)``, sync or async, is called once per token found dead.
+    ``clock`` (monotonic seconds), ``sleep`` and ``rng`` are injectable for tests; ``window``
+    bounds the messages a stream works on at once (default ``4 * concurrency``). Use from one
+    event loop only.
     """
 
     def __init__(
@@ -386,7 +407,7 @@ class Sender:
         tokens: TokenSource,
         *,
         project_id: str | None = None,
-        http: httpx.AsyncClient | None = None,
+        http: httpx.AsyncClient | Transport | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         on_dead_token: DeadTokenCallback | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -412,8 +433,10 @@ class Sender:
             f"{settings.fcm_url.rstrip('/')}/v1/projects/{project}/registrations"
         )
         self._owned = http is None
-        self._clients = [http] if http is not None else make_clients(settings, transport)
-        self._busy = [0] * len(self._clients)
+        self.transport = make_transport(settings, transport) if http is None else as_transport(http)
+        # (access token, headers of a JSON POST with it): built once per token, not per request
+        # (the transports copy what they are given, so sharing one dict is safe).
+        self._json_headers: tuple[AccessToken, dict[str, str]] | None = None
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._dead: dict[str, str] = {}  # token -> reason; grows only with dead tokens
         self._paused_until = -math.inf
@@ -425,7 +448,7 @@ class Sender:
         push: PushSettings,
         *,
         tokens: TokenSource | None = None,
-        http: httpx.AsyncClient | None = None,
+        http: httpx.AsyncClient | Transport | None = None,
         **kwargs: Any,
     ) -> Sender:
         """A sender for ``[push]``: credentials from ``push.service_account`` unless given.
@@ -443,7 +466,7 @@ class Sender:
             **kwargs,
         )
         source = ServiceAccountTokens.from_info(
-            info, sender._clients[0], clock=sender.clock, timeout=push.timeout
+            info, sender.transport, clock=sender.clock, timeout=push.timeout
         )
         sender.tokens = source
         sender._closers.append(source.aclose)
@@ -452,13 +475,12 @@ class Sender:
     # -- lifecycle
 
     async def aclose(self) -> None:
-        """Close what this sender opened (HTTP clients it made, the token source it made)."""
+        """Close what this sender opened (its transport, the token source it made)."""
         for close in self._closers:
             await close()
         self._closers.clear()
         if self._owned:
-            for client in self._clients:
-                await client.aclose()
+            await self.transport.aclose()
 
     async def __aenter__(self) -> Sender:
         return self
@@ -540,16 +562,15 @@ class Sender:
         The template is checked once; each token only for being one. A malformed token (empty,
         with spaces) gives an ``invalid_message`` result, not an exception.
         """
-        base = template.to().body()
-        prefix = {"validate_only": validate_only}
+        head, tail = _splice(template.to().body(), kind, validate_only)
+        path = f"message.{kind}"
 
         def job(index: int, token: str) -> _Job | Result:
             try:
-                target = check_token(f"message.{kind}", token)
+                target = check_token(path, token)
             except InvalidMessage as exc:
                 return Result(str(token), kind, "invalid_message", detail=exc.message, index=index)
-            body = orjson.dumps({"message": {kind: target, **base}, **prefix})
-            return _Job(index, kind, target, body)
+            return _Job(index, kind, target, head + orjson.dumps(target) + tail)
 
         return self._stream(tokens, job, ordered)
 
@@ -752,32 +773,32 @@ class Sender:
         headers: Mapping[str, str] | None = None,
         method: str = "POST",
     ) -> Answer:
-        """One request (POST unless ``method``) on the least busy client, counted; classified."""
-        shard = min(range(len(self._clients)), key=self._busy.__getitem__)
+        """One request (POST unless ``method``) through the transport, counted; classified."""
         stats = self.stats
-        self._busy[shard] += 1
         stats.requests += 1
         stats.in_flight += 1
-        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        if stats.in_flight > stats.max_in_flight:
+            stats.max_in_flight = stats.in_flight
+        if headers is None and body is not None:
+            sent = self._json_headers
+            if sent is None or sent[0] is not token:
+                json = {"authorization": token.authorization, "content-type": "application/json"}
+                sent = self._json_headers = (token, json)
+            request_headers = sent[1]
+        else:
+            request_headers = {
+                "authorization": token.authorization,
+                **({} if body is None else {"content-type": "application/json"}),
+                **(headers or {}),
+            }
         try:
-            response = await self._clients[shard].request(
-                method,
-                url,
-                content=body,
-                headers={
-                    "authorization": token.authorization,
-                    **({} if body is None else {"content-type": "application/json"}),
-                    **(headers or {}),
-                },
-                timeout=limit,
-            )
-        except httpx.TransportError as exc:
-            return _transport(exc)
+            reply = await self.transport.request(method, url, body, request_headers, limit)
+        except TransportFailure as exc:
+            return _no_answer(exc)
         finally:
-            self._busy[shard] -= 1
             stats.in_flight -= 1
-        stats.http_versions[response.http_version] += 1
-        return classify(response.status_code, response.headers, response.content)
+        stats.http_versions[reply.http_version] += 1
+        return classify(reply.status, reply.headers, reply.body)
 
     # -- topics
 
@@ -937,31 +958,6 @@ class Sender:
                 if error == "NOT_FOUND":  # the token was deleted or its app uninstalled
                     await self._report_dead(token, "NOT_FOUND")
         return len(batch) - len(failed), failed
-
-
-def make_clients(
-    settings: PushSettings, transport: httpx.AsyncBaseTransport | None = None
-) -> list[httpx.AsyncClient]:
-    """The HTTP clients of a sender: HTTP/2 shards of 100 streams, or one HTTP/1.1 pool.
-
-    With ``transport`` (an ``httpx.ASGITransport`` to the emulator, say) one client uses it.
-    """
-    timeout = httpx.Timeout(settings.timeout, connect=min(settings.timeout, 10.0))
-    if transport is not None:
-        return [httpx.AsyncClient(transport=transport, timeout=timeout)]
-    if not settings.http2:
-        limits = httpx.Limits(
-            max_connections=settings.concurrency,
-            max_keepalive_connections=settings.concurrency,
-        )
-        return [httpx.AsyncClient(http2=False, limits=limits, timeout=timeout)]
-    # Without TLS there is no ALPN: speak HTTP/2 from the first byte (h2c, prior knowledge).
-    prior_knowledge = settings.fcm_url.lower().startswith("http://")
-    shards = math.ceil(settings.concurrency / STREAMS_PER_CONNECTION)
-    return [
-        httpx.AsyncClient(http1=not prior_knowledge, http2=True, timeout=timeout)
-        for _ in range(shards)
-    ]
 
 
 class _Unset:
@@ -1250,6 +1246,5 @@ __all__ = [
     "TopicReport",
     "classify",
     "connect",
-    "make_clients",
     "retry_after",
 ]

@@ -1,4 +1,7 @@
-"""The sender over real sockets: h2c to the emulator under hypercorn, shards, HTTP/1.1."""
+"""The sender over real sockets: h2c to the emulator under hypercorn, shards, HTTP/1.1.
+
+More of HTTP/1.1 (the aiohttp transport: faults, timeouts, closing) is in test_transport.py.
+"""
 
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ def account_file(
 async def test_protocol_follows_the_setting(
     emulator: FcmEmulator, served: str, account_file: Path, http2: bool, version: str
 ) -> None:
-    """http2=true speaks h2c with prior knowledge to an http:// base; false keeps HTTP/1.1."""
+    """http2=true speaks h2c with prior knowledge to an http:// base; false speaks HTTP/1.1."""
     push = settings(service_account=str(account_file), fcm_url=served, iid_url=served, http2=http2)
     async with Sender.from_settings(push) as sender:
         results = [r async for r in sender.send_multicast(ALERT, [f"t{i}" for i in range(200)])]
@@ -61,7 +64,11 @@ async def test_more_than_100_in_flight_uses_several_connections(
     """One HTTP/2 connection carries 100 streams; concurrency 250 shards over three."""
     emulator.latency = 0.2  # long enough for the client to fill every stream it has
     push = settings(
-        service_account=str(account_file), fcm_url=served, iid_url=served, concurrency=250
+        service_account=str(account_file),
+        fcm_url=served,
+        iid_url=served,
+        concurrency=250,
+        http2=True,
     )
     async with Sender.from_settings(push) as sender:
         results = [r async for r in sender.send_multicast(ALERT, [f"t{i}" for i in range(750)])]
