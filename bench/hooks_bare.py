@@ -105,6 +105,29 @@ class BatchCounter:
                 return outcome
 
             store._commit = sync_commit
+            chunk = getattr(store, "_commit_chunk", None)
+            if chunk is not None:
+                # The puts-only fast path: one autocommit statement per group. Its fallback
+                # calls ``_commit``, counted there instead.
+                inner = [0]
+
+                def sync_commit_inner(batch: list[Any], begun: Any = None) -> Any:
+                    if inner[0]:
+                        return commit(batch, begun)
+                    return sync_commit(batch, begun)
+
+                def counted_chunk(puts: list[Any]) -> Any:
+                    began = time.perf_counter()
+                    inner[0] += 1
+                    try:
+                        outcome = chunk(puts)
+                    finally:
+                        inner[0] -= 1
+                    self.count(len(puts), time.perf_counter() - began)
+                    return outcome
+
+                store._commit = sync_commit_inner
+                store._commit_chunk = counted_chunk
         claim, succeed = store.claim, store.succeed
 
         async def counted_claim(*args: Any, **kwargs: Any) -> Any:

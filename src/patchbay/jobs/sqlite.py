@@ -25,6 +25,17 @@
   the COMMIT. A claim's jobs and messages are read back after the commit on a connection of the
   loop's own (a WAL reader, which never waits). The loop hands the thread its work once per
   group, not per call.
+- **Puts alone: one statement, and no round trip between groups.** A group of nothing but puts
+  (intake without handlers) is one ``INSERT`` into a temp view whose trigger writes the messages
+  and jobs, in autocommit: SQLite opens the write transaction, inserts, commits and fsyncs inside
+  one ``sqlite3_step``, without the GIL (``_commit_chunk``). When it returns, the thread takes
+  the puts the loop queued meanwhile and commits them at once, instead of handing the
+  connection back and waiting to be woken again; it goes back to the loop as soon as anything
+  else (a success, a claim, a read) waits.
+- **Checkpoints off the commit path.** SQLite's automatic checkpoint ran inside a commit about
+  every tenth group, on the store's thread; a ``_Checkpointer`` thread with its own connection
+  runs passive checkpoints after every few MB committed instead (the automatic one stays as a
+  backstop at a far larger size).
 - **Across processes.** WAL lets the other workers read while one writes. Every write starts with
   ``BEGIN IMMEDIATE``, which takes the file's write lock (waiting up to ``busy_timeout``) before
   reading anything, so a claim's choice and its update see no other process's commit in between
@@ -47,6 +58,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import os
@@ -64,6 +76,7 @@ from patchbay.jobs.model import (
     Claim,
     Job,
     Message,
+    NewJob,
     Put,
     Selection,
     Status,
@@ -81,6 +94,13 @@ CHUNK: Final = 128
 # Puts the event loop inserts itself per group (see ``_begin``); more wait for the thread. Kept
 # small enough that the transaction's pages stay in SQLite's page cache (no spill to disk).
 LOOP_BATCH: Final = 128
+# WAL checkpoints run on a thread and connection of their own (``_Checkpointer``), passive,
+# requested after about this many bytes were committed (SQLite's own default is every 1000
+# pages, 4 MB). The store's connection keeps an automatic checkpoint far above that, only as a
+# backstop in case the checkpointer cannot keep up: a checkpoint inside a commit delays that
+# group's answers (and the whole commit pipeline) by the copy and its fsync.
+CHECKPOINT_BYTES: Final = 4 << 20
+BACKSTOP_PAGES: Final = 16384
 ACTIVE: Final = "('pending', 'running')"
 
 SCHEMA: Final = f"""
@@ -146,6 +166,34 @@ FIND_MESSAGES: Final = """
 SELECT json_group_array(json_array(m.id, m.stream, m.key))
 FROM json_each(?) AS u JOIN messages AS m
     ON m.stream = json_extract(u.value, '$[0]') AND m.key = json_extract(u.value, '$[1]')
+"""
+# The put fast path (``_commit_chunk``): a group of puts is one INSERT into this view, in
+# autocommit mode, so that SQLite opens the write transaction, inserts every message and job,
+# commits and fsyncs inside one ``sqlite3_step``, which runs without the GIL. Each statement
+# made on the store's thread otherwise has to take the GIL back from the busy event loop (up to
+# the 5 ms switch interval each time). Temp objects: per connection, nothing in the file changes.
+# If a message's id or its (stream, key) is taken already (a duplicate, or an id another process
+# used since), the whole statement is aborted (nothing is written) and the caller takes the
+# locked way for that group, which tells duplicates apart and picks ids under the lock.
+PUT_VIEW: Final = (
+    "CREATE TEMP VIEW IF NOT EXISTS put_rows (id, stream, key, body, meta, created_at, jobs)"
+    " AS SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL WHERE 0"
+)
+PUT_TRIGGER: Final = """
+CREATE TEMP TRIGGER IF NOT EXISTS put_rows_insert INSTEAD OF INSERT ON put_rows BEGIN
+    INSERT INTO messages (id, stream, key, body, meta, created_at)
+        SELECT NEW.id, NEW.stream, NEW.key, NEW.body, NEW.meta, NEW.created_at WHERE 1
+        ON CONFLICT DO NOTHING;
+    SELECT RAISE(ABORT, 'patchbay: put skipped') WHERE changes() = 0;
+    INSERT INTO jobs (message_id, queue, task, status, run_at, ordering_key, created_at,
+            updated_at)
+        SELECT NEW.id, json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'), 'pending',
+            NEW.created_at + json_extract(j.value, '$[2]'), json_extract(j.value, '$[3]'),
+            NEW.created_at, NEW.created_at
+        FROM json_each(NEW.jobs) AS j WHERE 1
+        ORDER BY j.key
+        ON CONFLICT DO NOTHING;
+END
 """
 # A claim in three steps (see ``SqliteStore.claim``): which jobs (as one JSON array), lease
 # them, then read them back with their messages. Both the partial indexes are chosen by the
@@ -281,8 +329,18 @@ class SqliteStore:
         self.busy_timeout = busy_timeout
         # Lists of operations: the loop hands over what it queued in one iteration at once.
         self._ops: threadqueue.SimpleQueue[list[_Op]] = threadqueue.SimpleQueue()
-        self._outbox: list[_Op] = []
+        self._outbox: list[_Op] = []  # everything but puts; touched by the loop only
+        # Puts waiting: appended by the loop, taken by the thread itself while it has the
+        # connection (``_run``), so that a group is committed as soon as the previous
+        # commit returned, without a round trip through the loop in between.
+        self._put_box: collections.deque[QueuedPut] = collections.deque()
+        self._scheduled = False  # a ``_hand_over`` is due in this loop iteration
         self._lent = False  # the thread has the connection (and the outbox waits for it)
+        # The id the next fast-path message gets (see ``_commit_chunk``); only the connection's
+        # current user reads or changes it. None: read max(id) again.
+        self._next_id: int | None = None
+        self._checkpointer: _Checkpointer | None = None
+        self._unchecked = 0  # bytes committed since the last checkpoint request
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: sqlite3.Connection | None = None  # see _begin for who may touch it
@@ -298,6 +356,7 @@ class SqliteStore:
             self._thread = threading.Thread(
                 target=self._run, name=f"jobs-sqlite:{self.path}", daemon=True
             )
+            self._checkpointer = _Checkpointer(self.path)
             self._thread.start()
         try:
             await self._call(lambda conn: None)
@@ -536,23 +595,36 @@ class SqliteStore:
 
     def _submit(self, op: _Op) -> None:
         loop = self._running_loop()
-        if not self._outbox and not self._lent:
+        if isinstance(op, QueuedPut):
+            self._put_box.append(op)
+        else:
+            self._outbox.append(op)
+        if not self._lent and not self._scheduled:
             # One hand-over per loop iteration at most: a queue put wakes the thread (a futex
-            # call and a GIL hand-off each), so a burst of calls goes over as one list.
+            # call and a GIL hand-off each), so a burst of calls goes over as one list. While
+            # the thread has the connection it takes the puts itself and comes back for the rest.
+            self._scheduled = True
             loop.call_soon(self._hand_over)
-        self._outbox.append(op)
 
     def _hand_over(self) -> None:
-        """Give the thread the connection and everything queued, the puts already inserted."""
-        if self._lent or not self._outbox:
+        """Give the thread the connection and everything queued."""
+        self._scheduled = False
+        if self._lent or not (self._outbox or self._put_box):
             return
         ops, self._outbox = self._outbox, []
-        puts = [op for op in ops if isinstance(op, QueuedPut)][:LOOP_BATCH]
-        succeeds = [op for op in ops if isinstance(op, _Succeed)][:LOOP_BATCH]
-        begun = self._begin([*puts, *succeeds]) if puts or succeeds else None
-        if begun is not None:
-            taken = set(map(id, begun.ops))
-            ops = [begun, *(op for op in ops if id(op) not in taken)]
+        puts = _drain(self._put_box, len(self._put_box))
+        if any(isinstance(op, _Succeed) or (isinstance(op, _Call) and op.write) for op in ops):
+            # Other writes (successes, claims...): one transaction, opened here with the puts
+            # and successes inserted, committed by the thread with the rest.
+            succeeds = [op for op in ops if isinstance(op, _Succeed)][:LOOP_BATCH]
+            ops = [*puts, *ops]
+            begun = self._begin([*puts[:LOOP_BATCH], *succeeds])
+            if begun is not None:
+                taken = set(map(id, begun.ops))
+                ops = [begun, *(op for op in ops if id(op) not in taken)]
+        else:
+            # Puts alone (and reads): the thread commits them in one statement, see _commit_puts.
+            ops = [*puts, *ops]
         self._lent = True
         self._ops.put(ops)
 
@@ -622,8 +694,9 @@ class SqliteStore:
             event = self._events[queue] = asyncio.Event()
         return event
 
-    def _settle(self, outcomes: list[_Outcome], woken: set[str]) -> None:
-        self._lent = False  # the thread is done with the connection
+    def _settle(self, outcomes: list[_Outcome], woken: set[str], idle: bool) -> None:
+        if idle:
+            self._lent = False  # the thread is done with the connection
         for future, result, exc in outcomes:
             if future.done():  # its caller was cancelled; the work was done all the same
                 continue
@@ -632,28 +705,55 @@ class SqliteStore:
             else:
                 future.set_exception(exc)
         self._wake(woken)
-        # What was queued meanwhile goes over at once, in this same callback.
-        self._hand_over()
+        if idle:
+            # What was queued meanwhile goes over at once, in this same callback.
+            self._hand_over()
 
     # -- the store's thread ------------------------------------------------------------------
 
     def _run(self) -> None:
+        ops = self._ops.get()
+        while True:
+            outcomes, woken, stop = self._round(ops)
+            if stop:
+                self._deliver(outcomes, woken, idle=True)
+                return
+            # While only puts are waiting, keep the connection and commit them at once: the next
+            # group's commit starts as soon as this one returned, instead of after a round trip
+            # through the busy loop (its wake-up, then this thread's). Anything else waiting
+            # (a success, a claim, a read) ends the run: the loop hands it over with the puts.
+            while not self._outbox and self._put_box:
+                puts = _drain(self._put_box, CHUNK)
+                self._deliver(outcomes, woken, idle=False)
+                outcomes, woken = self._commit_puts(puts)
+            # One call back to the loop per round, which also returns the connection to it.
+            self._deliver(outcomes, woken, idle=True)
+            ops = self._ops.get()
+
+    def _round(self, ops: list[_Op]) -> tuple[list[_Outcome], set[str], bool]:
+        """Run what the loop handed over; return the outcomes, queues to wake, and if it stops."""
         stop: _Stop | None = None
-        while stop is None:
-            begun: _Begun | None = None
-            writes: list[_Write] = []
-            reads: list[_Call] = []
-            for op in self._ops.get():
-                if isinstance(op, _Stop):
-                    stop = op
-                elif isinstance(op, _Begun):
-                    begun = op
-                elif isinstance(op, _Call) and not op.write:
-                    reads.append(op)
-                else:
-                    writes.append(op)
-            outcomes: list[_Outcome] = []
-            woken: set[str] = set()
+        begun: _Begun | None = None
+        puts: list[QueuedPut] = []
+        writes: list[_Write] = []
+        reads: list[_Call] = []
+        for op in ops:
+            if isinstance(op, _Stop):
+                stop = op
+            elif isinstance(op, _Begun):
+                begun = op
+            elif isinstance(op, QueuedPut):
+                puts.append(op)
+            elif isinstance(op, _Call) and not op.write:
+                reads.append(op)
+            else:
+                writes.append(op)
+        outcomes: list[_Outcome] = []
+        woken: set[str] = set()
+        if begun is not None or writes:
+            # Puts with other writes: one transaction for them all (puts first, as queued).
+            self._next_id = None  # this path picks message ids of its own
+            writes = [*puts, *writes]
             if begun is not None:
                 # The loop's transaction takes the first group; it is committed even if empty.
                 done, wakes = self._commit(writes[:MAX_BATCH], begun)
@@ -664,17 +764,79 @@ class SqliteStore:
                 done, wakes = self._commit(writes[start : start + MAX_BATCH])
                 outcomes += done
                 woken |= wakes
-            outcomes += [self._run_call(op) for op in reads]
-            if stop is not None:
-                self._disconnect()
-                outcomes.append((stop.future, None, None))
-            # One call back to the loop per round, which also returns the connection to it.
-            self._deliver(outcomes, woken)
+        elif puts:
+            outcomes, woken = self._commit_puts(puts)
+        outcomes += [self._run_call(op) for op in reads]
+        if stop is not None:
+            if self._checkpointer is not None:
+                self._checkpointer.stop()
+            self._disconnect()
+            outcomes.append((stop.future, None, None))
+        return outcomes, woken, stop is not None
 
-    def _deliver(self, outcomes: list[_Outcome], woken: set[str]) -> None:
+    def _committed(self, size: int) -> None:
+        """Count ``size`` bytes committed; ask for a checkpoint after every few MB."""
+        self._unchecked += size
+        if self._unchecked >= CHECKPOINT_BYTES and self._checkpointer is not None:
+            self._unchecked = 0
+            self._checkpointer.request()
+
+    def _deliver(self, outcomes: list[_Outcome], woken: set[str], *, idle: bool) -> None:
         assert self._loop is not None
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to tell
-            self._loop.call_soon_threadsafe(self._settle, outcomes, woken)
+            self._loop.call_soon_threadsafe(self._settle, outcomes, woken, idle)
+
+    def _commit_puts(self, puts: list[QueuedPut]) -> tuple[list[_Outcome], set[str]]:
+        """Commit puts alone, ``CHUNK`` at a time, each chunk one autocommit statement."""
+        outcomes: list[_Outcome] = []
+        woken: set[str] = set()
+        for start in range(0, len(puts), CHUNK):
+            done, wakes = self._commit_chunk(puts[start : start + CHUNK])
+            outcomes += done
+            woken |= wakes
+        return outcomes, woken
+
+    def _commit_chunk(self, puts: list[QueuedPut]) -> tuple[list[_Outcome], set[str]]:
+        """At most ``CHUNK`` puts in one ``INSERT INTO put_rows`` (see ``PUT_TRIGGER``).
+
+        Message ids come from ``_next_id``, not from a read inside the transaction: that read
+        would be one more statement, and one more wait for the GIL. Durability is unchanged:
+        the statement is its own transaction, committed (WAL, ``synchronous=FULL``: fsynced)
+        before ``sqlite3_step`` returns, and nothing is resolved before that. If a message's key
+        is stored already (a duplicate) or its id was taken (by another process since), the
+        trigger aborts the statement, nothing is written, and the group takes the locked way.
+        """
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = self._connection()
+            if self._next_id is None:
+                (self._next_id,) = conn.execute(NEXT_MESSAGE_ID).fetchone()
+            next_id: int = self._next_id
+            first: dict[tuple[str, str], int] = {}  # (stream, key) -> its first put's position
+            for i, op in enumerate(puts):
+                first.setdefault((op.row.stream, op.row.key), i)
+            wanted = {pair: next_id + n for n, pair in enumerate(first)}
+            rows = [
+                (wanted[pair], *pair, row.body, row.meta, row.now, _jobs_json(row.jobs))
+                for pair, i in first.items()
+                for row in (puts[i].row,)
+            ]
+            ((count, params),) = _chunks(rows, 7)
+            conn.execute(_put_rows(count), params)
+        except Exception as exc:
+            self._next_id = None
+            if conn is not None and conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            if unavailable(exc):
+                error = self._translate(exc)
+                return [(op.future, None, error) for op in puts], set()
+            # A duplicate, an id taken, or one bad put: nothing was written. The locked way
+            # tells duplicates apart, and runs each put alone if the group fails.
+            return self._commit(list(puts))
+        self._next_id = next_id + len(first)
+        self._committed(sum(len(row[3]) + len(row[4]) for row in rows))
+        return _put_outcomes(puts, first, wanted)
 
     def _run_call(self, op: _Call) -> _Outcome:
         try:
@@ -690,6 +852,13 @@ class SqliteStore:
         With ``begun``, the transaction is the one the loop opened (its puts already inserted):
         the other writes join it, then it is committed.
         """
+        # Rows of puts (their bodies) are most of what a commit writes; other writes, a page.
+        self._committed(
+            sum(
+                len(op.row.body) if isinstance(op, QueuedPut) else 4096
+                for op in (*(begun.ops if begun else ()), *batch)
+            )
+        )
         try:
             conn = self._connection()
             if begun is None:
@@ -740,9 +909,13 @@ class SqliteStore:
             self._use_wal(conn)
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
+            if self._checkpointer is not None:
+                conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
             # Not executescript: it commits first, and this must run inside BEGIN IMMEDIATE so
             # that two processes opening a new file do not race to create the same table.
             _transaction(conn, _create_schema)
+            conn.execute(PUT_VIEW)  # this connection's own (temp): the file is not changed
+            conn.execute(PUT_TRIGGER)
         except BaseException:
             conn.close()
             raise
@@ -767,6 +940,58 @@ class SqliteStore:
 
     def _disconnect(self) -> None:
         conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+
+class _Checkpointer:
+    """Passive WAL checkpoints on a thread and connection of their own, when asked.
+
+    Off the commit path: with SQLite's automatic checkpoint, every tenth commit or so copied
+    the WAL into the database and fsynced it inside the commit, on the store's one thread, and
+    the next group waited for it. A passive checkpoint takes no lock a writer needs (it copies
+    the frames committed when it started, and the writer restarts the WAL once all are copied),
+    and durability does not depend on it: every commit fsynced its frames to the WAL already.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._wanted = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(
+            target=self._run, name=f"jobs-sqlite-checkpoint:{path}", daemon=True
+        )
+        self._thread.start()
+
+    def request(self) -> None:
+        """Checkpoint soon (requests made meanwhile are one)."""
+        self._wanted.set()
+
+    def stop(self) -> None:
+        """End the thread, after the checkpoint it may be running."""
+        self._stopping = True
+        self._wanted.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            if self._stopping:
+                break
+            try:
+                if conn is None:
+                    conn = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error:
+                # Another process's checkpoint, or the file is unwell: the store reports that
+                # on its own; the next request tries again, and the backstop bounds the WAL.
+                with contextlib.suppress(sqlite3.Error):
+                    if conn is not None:
+                        conn.close()
+                conn = None
         if conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
@@ -935,6 +1160,47 @@ def _insert_puts(conn: sqlite3.Connection, rows: list[Row]) -> list[Put]:
         pair = (row.stream, row.key)
         results.append(Put(ids[pair], created=first[pair] == i and pair in created))
     return results
+
+
+def _put_outcomes(
+    puts: list[QueuedPut], first: dict[tuple[str, str], int], ids: dict[tuple[str, str], int]
+) -> tuple[list[_Outcome], set[str]]:
+    """What each put of a fast-path statement did (its first copy created); queues to wake."""
+    outcomes: list[_Outcome] = []
+    woken: set[str] = set()
+    for i, op in enumerate(puts):
+        pair = (op.row.stream, op.row.key)
+        new = first[pair] == i  # a second copy in the same group is a duplicate
+        outcomes.append((op.future, Put(ids[pair], created=new), None))
+        if new:
+            woken.update(job.queue for job in op.row.jobs)
+    return outcomes, woken
+
+
+def _drain(box: collections.deque[QueuedPut], limit: int) -> list[QueuedPut]:
+    """Up to ``limit`` puts from the left of ``box`` (the loop may append meanwhile)."""
+    taken: list[QueuedPut] = []
+    while len(taken) < limit:
+        try:
+            taken.append(box.popleft())
+        except IndexError:
+            break
+    return taken
+
+
+@functools.lru_cache(maxsize=256)
+def _jobs_json(jobs: tuple[NewJob, ...]) -> str:
+    """A message's jobs as the JSON array ``PUT_TRIGGER`` reads: [queue, task, delay, key]."""
+    return orjson.dumps([[j.queue, j.task, j.delay, j.ordering_key] for j in jobs]).decode()
+
+
+@functools.cache
+def _put_rows(rows: int) -> str:
+    # Ordered by id, which follows put order: the trigger then inserts jobs in put order.
+    return (
+        f"INSERT INTO put_rows SELECT * FROM (VALUES {_values(7, rows)})"
+        " WHERE column1 IS NOT NULL ORDER BY column1"
+    )
 
 
 def _finish(conn: sqlite3.Connection, ops: list[_Succeed]) -> tuple[list[bool], set[str]]:

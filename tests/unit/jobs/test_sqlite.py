@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from patchbay.jobs import sqlite as sqlite_store
 from patchbay.jobs.model import Message, NewJob, Status
 from patchbay.jobs.sqlite import SqliteStore
 from patchbay.jobs.store import Store, StoreUnavailable
@@ -119,11 +122,18 @@ async def test_file_is_wal_with_full_sync(store: SqliteStore) -> None:
 
 
 def count_commits(store: SqliteStore) -> list[str]:
-    """The store connection's COMMITs from now on, whichever thread runs them."""
+    """The store connection's commits from now on, whichever thread runs them.
+
+    A COMMIT, or a put fast-path statement (``INSERT INTO put_rows``), its own transaction.
+    SQLite traces that statement again for each step of its trigger, with the same expanded
+    text (its values), so a repeat of the previous text is the same statement.
+    """
     commits: list[str] = []
 
     def trace(statement: str) -> None:
-        if statement.strip().upper() == "COMMIT":
+        text = statement.strip().upper()
+        fast = text.startswith("INSERT INTO PUT_ROWS") and commits[-1:] != [statement]
+        if text == "COMMIT" or fast:
             commits.append(statement)
 
     assert store._conn is not None
@@ -162,6 +172,107 @@ async def test_job_outcomes_and_claims_share_commits_with_puts(store: SqliteStor
     assert len(more) in (0, 16)  # the claim may come before or after the puts in the group
     assert len(commits) <= 2
     assert (await store.counts("q"))[Status.SUCCEEDED] == 16
+
+
+async def test_a_put_whose_id_another_process_took_gets_a_fresh_one(store: SqliteStore) -> None:
+    """A fast-path put whose next id another process used meanwhile is stored under a new id."""
+    first = await store.put(message("a"))
+    other = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        # The id the store would give the next message, taken by another writer's row.
+        other.execute(
+            "INSERT INTO messages (id, stream, key, body, meta, created_at)"
+            " VALUES (?, 'orders', 'theirs', x'', '{}', 0)",
+            (first.message_id + 1,),
+        )
+    finally:
+        other.close()
+    second, third = await store.put(message("b")), await store.put(message("c"))
+    assert second.created and third.created
+    assert second.message_id == first.message_id + 2
+    assert third.message_id == first.message_id + 3
+    rows = sqlite3.connect(store.path)
+    try:
+        keys = rows.execute("SELECT id, key FROM messages ORDER BY id").fetchall()
+        jobs = rows.execute("SELECT message_id FROM jobs ORDER BY id").fetchall()
+    finally:
+        rows.close()
+    assert [key for _, key in keys] == ["a", "theirs", "b", "c"]
+    assert [m for (m,) in jobs] == [first.message_id, second.message_id, third.message_id]
+
+
+async def test_a_duplicate_key_in_a_fast_group_writes_nothing_of_it(store: SqliteStore) -> None:
+    """A group with a stored key and new ones: new ones stored once, the old one a duplicate."""
+    old = await store.put(message("k1"))
+    puts = await asyncio.gather(*(store.put(message(f"k{i}")) for i in range(4)))
+    assert [p.created for p in puts] == [True, False, True, True]
+    assert puts[1].message_id == old.message_id
+    assert (await store.counts("q"))[Status.PENDING] == 4
+
+
+async def test_puts_queued_during_a_commit_are_taken_by_the_thread(store: SqliteStore) -> None:
+    """Puts made while the thread commits are committed next by it, without a hand-over."""
+    handed: list[int] = []
+    ops = store._ops  # the thread waits on this queue: hand-overs must still reach it
+
+    class Counted:
+        def put(self, item: Any) -> None:
+            handed.append(len(item))
+            ops.put(item)
+
+        def get(self) -> Any:
+            return ops.get()
+
+    store._ops = Counted()  # type: ignore[assignment]
+    committing = threading.Event()
+    release = threading.Event()
+    assert store._conn is not None
+
+    def trace(statement: str) -> None:
+        # Runs on the store's thread, inside the first group's statement: hold it there.
+        if statement.startswith("INSERT INTO put_rows") and not committing.is_set():
+            committing.set()
+            release.wait(5)
+
+    store._conn.set_trace_callback(trace)
+    first = asyncio.create_task(store.put(message("first")))
+    assert await asyncio.to_thread(committing.wait, 5)
+    later = [asyncio.create_task(store.put(message(f"later{i}"))) for i in range(5)]
+    await asyncio.sleep(0.01)  # the loop runs while the thread holds the connection
+    release.set()
+    async with asyncio.timeout(5):
+        results = await asyncio.gather(first, *later)
+    assert all(p.created for p in results)
+    assert handed == [1]  # one hand-over: the later puts were taken by the thread itself
+
+
+async def test_checkpoints_run_off_the_commit_thread(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The WAL is copied into the database by the checkpointer, not by SQLite during commits."""
+    assert store._conn is not None
+    (pages,) = store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()
+    assert pages == sqlite_store.BACKSTOP_PAGES  # far above what this test writes
+    empty = await asyncio.to_thread(os.path.getsize, store.path)
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_BYTES", 64 << 10)
+    body = bytes(range(256)) * 64  # 16 KB: a commit of 16 puts is over the 64 KB asked for
+    await asyncio.gather(*(store.put(message(f"k{i}", body=body)) for i in range(16)))
+    for _ in range(500):  # up to 5 s: the checkpoint runs on its own thread
+        if await asyncio.to_thread(os.path.getsize, store.path) >= empty + 16 * len(body):
+            break
+        await asyncio.sleep(0.01)
+    else:
+        pytest.fail("the database file never received the WAL's pages")
+
+
+async def test_closing_the_store_stops_the_checkpointer(tmp_path: Path) -> None:
+    """close() ends the checkpoint thread as well as the store's own."""
+    store = SqliteStore(tmp_path / "jobs.db")
+    await store.open()
+    checkpointer = store._checkpointer
+    assert checkpointer is not None and checkpointer._thread.is_alive()
+    await store.close()
+    assert not checkpointer._thread.is_alive()
 
 
 async def test_a_put_waits_for_another_process_lock_without_blocking_the_loop(
