@@ -45,6 +45,47 @@ def test_undecodable_input_gets_the_parse_error(query: bytes) -> None:
     assert caught.value.message == wire.PARSE_ERROR
 
 
+def reference_unquote(raw: bytes) -> bytes | None:
+    """Percent-decoding as RFC 3986 says, byte by byte; None for a malformed escape."""
+    out = bytearray()
+    i = 0
+    while i < len(raw):
+        if raw[i : i + 1] == b"%":
+            pair = raw[i + 1 : i + 3]
+            if len(pair) < 2 or any(c not in b"0123456789abcdefABCDEF" for c in pair):
+                return None
+            out.append(int(pair, 16))
+            i += 3
+        else:
+            out.append(raw[i])
+            i += 1
+    return bytes(out)
+
+
+@given(
+    st.lists(
+        st.sampled_from([b"%", b"\\", b"x", b"\\x", b"4", b"1", b"g", b"F", b"%25", b"%5C", b"a"])
+        | st.binary(max_size=4),
+        max_size=30,
+    ).map(b"".join)
+)
+def test_unquote_matches_a_reference_decoder(raw: bytes) -> None:
+    """The C percent-decoder decodes and refuses exactly as a byte-by-byte reference does."""
+    expected = reference_unquote(raw)
+    if expected is None:
+        with pytest.raises(wire.WireError):
+            wire._unquote(raw)
+    else:
+        assert wire._unquote(raw) == expected
+
+
+def test_unquote_keeps_backslashes_and_escaped_percent() -> None:
+    """Literal backslash escapes pass through as text; ``%25`` and ``%5C`` decode to one byte."""
+    assert wire._unquote(b"\\x41\\n%5Cx41%25") == b"\\x41\\n\\x41%"
+    command = decode(b"%7B%22SQL%22%3A%22SELECT%20%27a%5C%5Cb%27%22%7D")
+    assert command == {"SQL": "SELECT 'a\\b'"}
+
+
 @pytest.mark.parametrize("query", [b"%5B1%2C2%5D", b"%22SELECT%201%22", b"1", b"null"])
 def test_top_level_non_object_is_an_error(query: bytes) -> None:
     """A top-level array or string gets an ERROR instead of beta-18's crash."""
