@@ -91,6 +91,7 @@ from patchbay.crm.zoho import (
     parse_success,
 )
 from patchbay.errors import ConfigError
+from patchbay.logs import as_library
 from patchbay.settings import CrmSettings
 
 log = structlog.get_logger("patchbay.crm")
@@ -134,6 +135,7 @@ class CrmClient:
         rng: random.Random | None = None,
         chunk_size: int = CHUNK,
     ) -> None:
+        as_library()
         if not settings.configured and tokens is None:
             raise ConfigError(
                 "crm.client_id, crm.client_secret and crm.refresh_token are required for "

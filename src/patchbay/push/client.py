@@ -100,6 +100,7 @@ import orjson
 import structlog
 
 from patchbay.errors import ConfigError
+from patchbay.logs import as_library
 from patchbay.push.auth import (
     AccessToken,
     ServiceAccountTokens,
@@ -418,6 +419,7 @@ class Sender:
         project = project_id or settings.project_id
         if not project:
             raise ConfigError("push.project_id: required (or a service account that names one)")
+        as_library()
         self.settings = settings
         self.tokens = tokens
         self.project_id = project
