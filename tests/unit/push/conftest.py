@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,6 +17,7 @@ import pytest
 
 from patchbay.emulators.fcm import FcmEmulator
 from patchbay.emulators.keys import public_keys, service_account
+from patchbay.emulators.serve import serve_in_thread
 from patchbay.push.auth import ServiceAccountTokens
 from patchbay.push.client import Sender
 from patchbay.settings import PushSettings
@@ -168,3 +171,29 @@ def make_sender(
         return Sender(push, tokens, **kwargs)
 
     return make
+
+
+# -- the emulator on a real socket (real time): for the transports' own tests
+
+
+@pytest.fixture
+def live_emulator(account: tuple[dict[str, str], dict[str, str]]) -> FcmEmulator:
+    """An emulated FCM on real time that answers after 20 ms, so that requests overlap."""
+    return FcmEmulator(project_id=PROJECT, public_keys=account[1], latency=0.02)
+
+
+@pytest.fixture
+def served(live_emulator: FcmEmulator) -> Iterator[str]:
+    """The live emulator on a loopback port (hypercorn: HTTP/1.1 and h2c); its base URL."""
+    with serve_in_thread(live_emulator) as url:
+        yield url
+
+
+@pytest.fixture
+def account_file(
+    tmp_path: Path, served: str, account: tuple[dict[str, str], dict[str, str]]
+) -> Path:
+    """The service account with token_uri on the served emulator."""
+    path = tmp_path / "sa.json"
+    path.write_text(json.dumps({**account[0], "token_uri": f"{served}/token"}))
+    return path

@@ -5,47 +5,21 @@ More of HTTP/1.1 (the aiohttp transport: faults, timeouts, closing) is in test_t
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from patchbay.emulators.fcm import FcmEmulator
-from patchbay.emulators.serve import serve_in_thread
 from patchbay.push import Message, Notification, Sender
-from tests.unit.push.conftest import PROJECT, settings
+from tests.unit.push.conftest import settings
 
 ALERT = Message(notification=Notification(title="Hi"))
 
 
-@pytest.fixture
-def emulator(account: tuple[dict[str, str], dict[str, str]]) -> FcmEmulator:
-    """An emulated FCM that answers after 20 ms, so that requests overlap."""
-    return FcmEmulator(project_id=PROJECT, public_keys=account[1], latency=0.02)
-
-
-@pytest.fixture
-def served(emulator: FcmEmulator) -> Iterator[str]:
-    """The emulator on a loopback port (HTTP/1.1 and h2c); its base URL."""
-    with serve_in_thread(emulator) as url:
-        yield url
-
-
-@pytest.fixture
-def account_file(
-    tmp_path: Path, served: str, account: tuple[dict[str, str], dict[str, str]]
-) -> Path:
-    """The service account with token_uri on the served emulator."""
-    path = tmp_path / "sa.json"
-    path.write_text(json.dumps({**account[0], "token_uri": f"{served}/token"}))
-    return path
-
-
 @pytest.mark.parametrize(("http2", "version"), [(True, "HTTP/2"), (False, "HTTP/1.1")])
 async def test_protocol_follows_the_setting(
-    emulator: FcmEmulator, served: str, account_file: Path, http2: bool, version: str
+    live_emulator: FcmEmulator, served: str, account_file: Path, http2: bool, version: str
 ) -> None:
     """http2=true speaks h2c with prior knowledge to an http:// base; false speaks HTTP/1.1."""
     push = settings(service_account=str(account_file), fcm_url=served, iid_url=served, http2=http2)
@@ -55,14 +29,14 @@ async def test_protocol_follows_the_setting(
     assert Counter(r.outcome for r in results) == {"sent": 200}
     assert report.succeeded == 2
     assert set(sender.stats.http_versions) == {version}
-    assert 10 < emulator.max_in_flight <= push.concurrency
+    assert 10 < live_emulator.max_in_flight <= push.concurrency
 
 
 async def test_more_than_100_in_flight_uses_several_connections(
-    emulator: FcmEmulator, served: str, account_file: Path
+    live_emulator: FcmEmulator, served: str, account_file: Path
 ) -> None:
     """One HTTP/2 connection carries 100 streams; concurrency 250 shards over three."""
-    emulator.latency = 0.2  # long enough for the client to fill every stream it has
+    live_emulator.latency = 0.2  # long enough for the client to fill every stream it has
     push = settings(
         service_account=str(account_file),
         fcm_url=served,
@@ -73,5 +47,5 @@ async def test_more_than_100_in_flight_uses_several_connections(
     async with Sender.from_settings(push) as sender:
         results = [r async for r in sender.send_multicast(ALERT, [f"t{i}" for i in range(750)])]
     assert Counter(r.outcome for r in results) == {"sent": 750}
-    assert 100 < emulator.max_in_flight <= 250
-    assert emulator.token_requests == 1
+    assert 100 < live_emulator.max_in_flight <= 250
+    assert live_emulator.token_requests == 1

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import math
 import ssl
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -36,29 +34,6 @@ from patchbay.settings import PushSettings
 from tests.unit.push.conftest import PROJECT, settings
 
 ALERT = Message(notification=Notification(title="Hi"))
-
-
-@pytest.fixture
-def emulator(account: tuple[dict[str, str], dict[str, str]]) -> FcmEmulator:
-    """An emulated FCM on real time that answers after 20 ms, so that requests overlap."""
-    return FcmEmulator(project_id=PROJECT, public_keys=account[1], latency=0.02)
-
-
-@pytest.fixture
-def served(emulator: FcmEmulator) -> Iterator[str]:
-    """The emulator on a loopback port (hypercorn: HTTP/1.1 and h2c); its base URL."""
-    with serve_in_thread(emulator) as url:
-        yield url
-
-
-@pytest.fixture
-def account_file(
-    tmp_path: Path, served: str, account: tuple[dict[str, str], dict[str, str]]
-) -> Path:
-    """The service account with token_uri on the served emulator."""
-    path = tmp_path / "sa.json"
-    path.write_text(json.dumps({**account[0], "token_uri": f"{served}/token"}))
-    return path
 
 
 def http11(account_file: Path, served: str, **changes: Any) -> PushSettings:
@@ -93,14 +68,14 @@ def test_the_setting_chooses_the_transport() -> None:
     assert isinstance(over, HttpxTransport) and len(over.clients) == 1
 
 
-# -- aiohttp against the emulator on a socket ----------------------------------------------------
+# -- aiohttp against the emulator on a socket -------------------------------------------------
 
 
 async def test_sends_over_http11_within_the_concurrency(
-    emulator: FcmEmulator, served: str, account_file: Path
+    live_emulator: FcmEmulator, served: str, account_file: Path
 ) -> None:
     """Every token sent once over HTTP/1.1, never more requests in flight than configured."""
-    emulator.set_token_state("gone", "unregistered")
+    live_emulator.set_token_state("gone", "unregistered")
     push = http11(account_file, served, concurrency=7)
     tokens = [f"t{i}" for i in range(300)] + ["gone"]
     async with Sender.from_settings(push) as sender:
@@ -109,20 +84,22 @@ async def test_sends_over_http11_within_the_concurrency(
         # Topic management too: a POST with a body and a DELETE without one.
         assert (await sender.subscribe("news", ["t1", "t2"])).succeeded == 2
         assert (await sender.unsubscribe("news", ["t1"])).succeeded == 1
-    assert emulator.topics["news"] == {"t2"}
+    assert live_emulator.topics["news"] == {"t2"}
     assert Counter(r.outcome for r in results) == {"sent": 300, "dead_token": 1}
-    assert sorted(a.target for a in emulator.ledger) == sorted(tokens[:-1])
+    assert sorted(a.target for a in live_emulator.ledger) == sorted(tokens[:-1])
     assert set(sender.stats.http_versions) == {"HTTP/1.1"}
-    assert emulator.max_in_flight == 7  # reached (20 ms answers overlap) and never passed
-    assert emulator.token_requests == 1  # the token request went through the same transport
+    assert live_emulator.max_in_flight == 7  # reached (20 ms answers overlap) and never passed
+    assert live_emulator.token_requests == 1  # the token request went through the same transport
 
 
 async def test_retry_after_read_from_the_answer(
-    emulator: FcmEmulator, served: str, account_file: Path
+    live_emulator: FcmEmulator, served: str, account_file: Path
 ) -> None:
     """Retry-After in seconds and as an HTTP date (read against the server's Date) is honoured."""
     when = formatdate(math.ceil(time.time()) + 30, usegmt=True)
-    emulator.script("t", [Fault.status(503, retry_after=7), Fault.status(429, retry_after=when)])
+    live_emulator.script(
+        "t", [Fault.status(503, retry_after=7), Fault.status(429, retry_after=when)]
+    )
     sleeps = Sleeps()
     async with Sender.from_settings(http11(account_file, served), sleep=sleeps) as sender:
         result = await sender.send(ALERT.to(token="t"))
@@ -134,35 +111,35 @@ async def test_retry_after_read_from_the_answer(
 
 @pytest.mark.parametrize("fault", [Fault.drop_before(), Fault.drop_after()])
 async def test_a_dropped_connection_is_retried(
-    emulator: FcmEmulator, served: str, account_file: Path, fault: Fault
+    live_emulator: FcmEmulator, served: str, account_file: Path, fault: Fault
 ) -> None:
     """The server hanging up mid-request is a transport error: retried on a new connection."""
-    emulator.script("t", [fault])
+    live_emulator.script("t", [fault])
     async with Sender.from_settings(http11(account_file, served), sleep=Sleeps()) as sender:
         result = await sender.send(ALERT.to(token="t"))
     assert (result.outcome, result.attempts) == ("sent", 2)
     # Dropped after storing: the retry duplicates it (FCM has no idempotency key).
-    assert len(emulator.sent_to("t")) == (2 if fault.kind == "drop_after" else 1)
+    assert len(live_emulator.sent_to("t")) == (2 if fault.kind == "drop_after" else 1)
 
 
 async def test_connections_dropped_every_time_fail_with_the_reason(
-    emulator: FcmEmulator, served: str, account_file: Path
+    live_emulator: FcmEmulator, served: str, account_file: Path
 ) -> None:
     """When every attempt is dropped the result is failed, TRANSPORT, naming aiohttp's error."""
-    emulator.script("t", [Fault.drop_before()] * 3)
+    live_emulator.script("t", [Fault.drop_before()] * 3)
     push = http11(account_file, served, max_attempts=3)
     async with Sender.from_settings(push, sleep=Sleeps()) as sender:
         result = await sender.send(ALERT.to(token="t"))
     assert (result.outcome, result.attempts, result.error_code) == ("failed", 3, "TRANSPORT")
     assert "ServerDisconnectedError" in result.detail
-    assert emulator.sent_to("t") == []
+    assert live_emulator.sent_to("t") == []
 
 
 async def test_a_slow_answer_times_out_and_is_retried(
-    emulator: FcmEmulator, served: str, account_file: Path
+    live_emulator: FcmEmulator, served: str, account_file: Path
 ) -> None:
     """An answer later than push.timeout is abandoned and the message sent again."""
-    emulator.script("t", [Fault.slow(1.5)])
+    live_emulator.script("t", [Fault.slow(1.5)])
     push = http11(account_file, served, timeout=0.3)
     async with Sender.from_settings(push, sleep=Sleeps()) as sender:
         started = time.monotonic()
@@ -172,14 +149,14 @@ async def test_a_slow_answer_times_out_and_is_retried(
     assert took < 1.2  # did not wait for the slow answer
     # The slow request's handler still stored it when it woke: the retry duplicated it.
     await asyncio.sleep(1.5)
-    assert len(emulator.sent_to("t")) == 2
+    assert len(live_emulator.sent_to("t")) == 2
 
 
 async def test_timeouts_every_time_fail_naming_the_timeout(
-    emulator: FcmEmulator, served: str, account_file: Path
+    live_emulator: FcmEmulator, served: str, account_file: Path
 ) -> None:
     """Timed out on every attempt: failed, TRANSPORT, the detail says it timed out."""
-    emulator.script("t", [Fault.slow(2.0)] * 2)
+    live_emulator.script("t", [Fault.slow(2.0)] * 2)
     push = http11(account_file, served, timeout=0.3, max_attempts=2)
     async with Sender.from_settings(push, sleep=Sleeps()) as sender:
         result = await sender.send(ALERT.to(token="t"))
@@ -238,7 +215,7 @@ async def test_close_leaves_nothing_open(served: str, account_file: Path) -> Non
 
 
 async def test_a_transport_of_the_caller_is_left_open(
-    emulator: FcmEmulator, served: str, account_file: Path
+    live_emulator: FcmEmulator, served: str, account_file: Path
 ) -> None:
     """Sender(http=transport) uses it and leaves closing it to the caller."""
     push = http11(account_file, served)
@@ -251,11 +228,11 @@ async def test_a_transport_of_the_caller_is_left_open(
             assert (await again.send(ALERT.to(token="b"))).ok
     finally:
         await transport.aclose()
-    assert {a.target for a in emulator.ledger} == {"a", "b"}
+    assert {a.target for a in live_emulator.ledger} == {"a", "b"}
 
 
 def test_blocking_sender_over_http11(
-    emulator: FcmEmulator, served: str, account_file: Path
+    live_emulator: FcmEmulator, served: str, account_file: Path
 ) -> None:
     """connect(http2=False): the aiohttp session lives on the sender's loop thread and closes."""
     with connect(account_file, fcm_url=served, iid_url=served, http2=False) as fcm:
