@@ -176,10 +176,10 @@ def listen(host: str = "127.0.0.1", port: int = 0, backlog: int = 1024) -> socke
     return sock
 
 
-def base_url(sock: socket.socket) -> str:
-    """``http://host:port`` of a listening socket."""
+def base_url(sock: socket.socket, scheme: str = "http") -> str:
+    """``http://host:port`` (or another scheme) of a listening socket."""
     host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def _config(
@@ -189,8 +189,12 @@ def _config(
     max_requests_per_connection: int,
     graceful_timeout: float,
     log_level: str,
+    tls: tuple[str, str] | None = None,
 ) -> Config:
     config = Config()
+    if tls is not None:
+        # hypercorn then offers h2 and http/1.1 by ALPN, as Google's front ends do.
+        config.certfile, config.keyfile = tls
     # hypercorn takes the socket over (and closes it) through its file descriptor.
     config.bind = [f"fd://{sock.detach()}"]
     config.h2_max_concurrent_streams = max_concurrent_streams
@@ -233,21 +237,25 @@ def serve_in_thread(
     *,
     max_concurrent_streams: int = MAX_CONCURRENT_STREAMS,
     max_requests_per_connection: int = MAX_REQUESTS_PER_CONNECTION,
+    tls: tuple[str, str] | None = None,
 ) -> Iterator[str]:
     """Serve ``app`` in a background thread for the block; yield its base URL.
 
     For tests: the port is free and already listening when the block starts, and the server is
     stopped (open connections closed) when it ends. The app runs on the thread's event loop, so
-    inspect its state from the test but do not await its coroutines there.
+    inspect its state from the test but do not await its coroutines there. ``tls``, a
+    (certificate file, key file) pair, serves ``https://`` instead, with h2 and http/1.1 offered
+    by ALPN: what a client meets at Google.
     """
     sock = listen(host, port)
-    url = base_url(sock)
+    url = base_url(sock, "https" if tls is not None else "http")
     config = _config(
         sock,
         max_concurrent_streams=max_concurrent_streams,
         max_requests_per_connection=max_requests_per_connection,
         graceful_timeout=1.0,
         log_level="WARNING",
+        tls=tls,
     )
     ready = threading.Event()
     loop_and_stop: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
