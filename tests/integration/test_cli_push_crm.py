@@ -76,6 +76,7 @@ def test_crm_attach(tmp_path: Path) -> None:
             tmp_path, "crm", "attach", "--config", str(config), "Leads", "42", "report.pdf"
         )
         assert done.returncode == 0, done.stderr
+        assert "uploading" in done.stderr  # the progress bar, on stderr
         [stored] = emulator.stored("Leads", "42")
         assert done.stdout.strip() == stored.id
         with (tmp_path / "big.bin").open("wb") as big:
@@ -85,7 +86,7 @@ def test_crm_attach(tmp_path: Path) -> None:
             tmp_path, "crm", "attach", "--config", str(config), "Leads", "42", "big.bin"
         )
         assert refused.returncode != 0
-        assert "File size should not exceed 20 MB" in refused.stderr
+        assert refused.stderr.strip() == "patchbay: File size should not exceed 20 MB"
         assert len(emulator.calls) == calls
         listed = patchbay(tmp_path, "crm", "list", "--config", str(config), "Leads", "42")
         assert stored.id in listed.stdout

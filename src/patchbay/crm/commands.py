@@ -8,10 +8,11 @@ for everyone when configured).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 
@@ -52,11 +53,18 @@ def attach(
     async def run(client: CrmClient) -> str:
         if url is not None:
             return (await client.attach_url(module, record_id, url, title=title)).id
-        with click.progressbar(length=size, label="uploading", file=sys.stderr) as bar:
+        # Opened at the first bytes sent, so that a file refused before any request (too big,
+        # unreadable) prints only its error.
+        with contextlib.ExitStack() as stack:
+            bar: Any = None
             sent = 0
 
             def progress(done: int, total: int) -> None:
-                nonlocal sent
+                nonlocal bar, sent
+                if bar is None:
+                    bar = stack.enter_context(
+                        click.progressbar(length=size, label="uploading", file=sys.stderr)
+                    )
                 bar.update(done - sent)
                 sent = done
 
