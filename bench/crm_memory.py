@@ -725,7 +725,7 @@ def main() -> int:
     import datetime as dt
     import hashlib
 
-    from run import source_id
+    from run import append_record
 
     RESULTS.mkdir(exist_ok=True)
     out_path = Path(a.out) if a.out else RESULTS / f"crm-{dt.date.today().isoformat()}.jsonl"
@@ -815,12 +815,7 @@ def main() -> int:
                     if problem:
                         rec["problem"] = problem
                         failures += 1
-                    rec = {"ts": round(time.time(), 3), **session, **source_id(), **rec}
-                    if not records:
-                        rec["versions"] = info
-                    records.append(rec)
-                    with open(out_path, "a") as f:
-                        f.write(json.dumps(rec) + "\n")
+                    rec = append_record(out_path, records, session, info, rec)
                     adds = rec.get("adds_bytes")
                     log(
                         f"r{repeat} {client:<8} {measure:<7} {variant:<5} "

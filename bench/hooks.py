@@ -69,6 +69,7 @@ from run import (
     ROOT,
     CpuWindow,
     Server,
+    append_record,
     by_name,
     calibrate,
     clean_env,
@@ -80,6 +81,7 @@ from run import (
     log,
     parse_wrk,
     patchbay_cmd,
+    print_rows,
     py_spy,
     redact,
     settle,
@@ -892,15 +894,6 @@ def print_table(records: list[dict[str, Any]]) -> None:
             print(f"  {r['target']} c{r['conns']} w{r['workers']}: {why}")
 
 
-def print_rows(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
-    print()
-    print(" | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
-    print("-+-".join("-" * w for w in widths))
-    for row in rows:
-        print(" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-
-
 # --------------------------------------------------------------------------------------------
 
 
@@ -1030,12 +1023,7 @@ def main() -> int:
     records: list[dict[str, Any]] = []
 
     def keep(rec: dict[str, Any]) -> None:
-        rec = {"ts": round(time.time(), 3), **session, **source_id(), **rec}
-        if not records:
-            rec["versions"] = info
-        records.append(rec)
-        with open(out_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        rec = append_record(out_path, records, session, info, rec)
         shown = f"{rec['target']} c{rec['conns']} w{rec['workers']} {rec['handlers']}: "
         shown += f"{fmt_rps(rec.get('rps'))} req/s, p50/p99 {fmt_lat(rec)} ms"
         d = rec.get("durability")

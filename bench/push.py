@@ -56,12 +56,14 @@ from run import (
     ROOT,
     CpuWindow,
     Server,
+    append_record,
     calibrate,
     clean_env,
     free_port,
     http_get,
     interrupted,
     log,
+    print_rows,
     py_spy,
     settle,
     source_id,
@@ -494,15 +496,6 @@ def verdict(records: list[dict[str, Any]], tokens: int, memory_tokens: int) -> N
         )
 
 
-def print_rows(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
-    print()
-    print(" | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
-    print("-+-".join("-" * w for w in widths))
-    for row in rows:
-        print(" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-
-
 def parse_runs(spec: str) -> list[tuple[str, int]]:
     runs = []
     for item in spec.split(","):
@@ -588,13 +581,8 @@ def main() -> int:
     records: list[dict[str, Any]] = []
 
     def keep(rec: dict[str, Any]) -> None:
-        rec = {"ts": round(time.time(), 3), **session, **source_id(), **rec}
-        rec["push_src_sha256"] = push_source()
-        if not records:
-            rec["versions"] = info
-        records.append(rec)
-        with open(out_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        rec = {**rec, "push_src_sha256": push_source()}
+        rec = append_record(out_path, records, session, info, rec)
         line = (
             f"{rec['client']} h{rec['http']} {rec['tokens']:,}: {fmt(rec.get('msg_per_s'))} msg/s,"
             f" client {fmt(rec.get('cpu_us_per_msg'))} us/msg, emulator"

@@ -1014,6 +1014,35 @@ def calibrate() -> float:
     return round(best / n * 1e6, 2)
 
 
+def append_record(
+    out_path: Path,
+    records: list[dict[str, Any]],
+    session: dict[str, Any],
+    info: dict[str, Any],
+    rec: dict[str, Any],
+) -> dict[str, Any]:
+    """Stamp ``rec`` (time, session, source; versions on the first), keep it, append it as JSON."""
+    # The source is hashed again for every record: on a shared work tree it can change between
+    # two runs of one session.
+    rec = {"ts": round(time.time(), 3), **session, **source_id(), **rec}
+    if not records:
+        rec["versions"] = info
+    records.append(rec)
+    with open(out_path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    return rec
+
+
+def print_rows(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A plain-text table: the header, a rule, the rows, each column as wide as it needs."""
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    print()
+    print(" | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
+    print("-+-".join("-" * w for w in widths))
+    for row in rows:
+        print(" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
 def source_id() -> dict[str, Any]:
     """The gateway code under test: git HEAD plus a hash of src/ as it is on disk."""
     h = hashlib.sha256()
@@ -1244,14 +1273,7 @@ def main() -> int:
     records: list[dict[str, Any]] = []
 
     def keep(rec: dict[str, Any]) -> None:
-        # The source is hashed again for every record: on a shared work tree it can change
-        # between two runs of one session.
-        rec = {"ts": round(time.time(), 3), **session, **source_id(), **rec}
-        if not records:
-            rec["versions"] = info
-        records.append(rec)
-        with open(out_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        rec = append_record(out_path, records, session, info, rec)
         shown = f"{rec['backend']} {rec['query']} c{rec['conns']} {rec['target']}: "
         shown += f"{fmt_rps(rec.get('rps'))} req/s, p50/p99 {fmt_lat(rec)} ms"
         if rec.get("other_cpu_pct") is not None:
