@@ -48,7 +48,6 @@ import hashlib
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any, Final
 
 import asyncpg
@@ -64,7 +63,7 @@ from patchbay.jobs.model import (
     Status,
     StoredMessage,
 )
-from patchbay.jobs.store import QueuedPut, Row, StoreUnavailable, Value
+from patchbay.jobs.store import QueuedPut, QueuedSuccess, Row, StoreUnavailable, Value
 
 MAX_BATCH: Final = 1024
 IDENTIFIER: Final = re.compile(r"[a-z_][a-z0-9_]{0,47}")
@@ -153,7 +152,7 @@ class PostgresStore:
         self._more = asyncio.Event()
         self._writer: asyncpg.Connection | None = None  # the put batcher's own connection
         self._finisher: asyncio.Task[None] | None = None
-        self._succeeds: list[_Succeed] = []
+        self._succeeds: list[QueuedSuccess] = []
         self._more_succeeds = asyncio.Event()
         self._closing = False
         self._events: dict[str, asyncio.Event] = {}
@@ -273,7 +272,7 @@ class PostgresStore:
             raise StoreUnavailable("PostgreSQL job store is closing")
         # Queued like a put: the successes waiting together share one statement.
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._succeeds.append(_Succeed(job_id, owner, attempt, self.clock(), future))
+        self._succeeds.append(QueuedSuccess(job_id, owner, attempt, self.clock(), future))
         self._more_succeeds.set()
         return await future
 
@@ -637,9 +636,9 @@ class PostgresStore:
             if self._closing:
                 return
 
-    async def _finish(self, batch: list[_Succeed]) -> None:
+    async def _finish(self, batch: list[QueuedSuccess]) -> None:
         # A second success of the same job in one batch finds it no longer running: False.
-        first: dict[int, _Succeed] = {}
+        first: dict[int, QueuedSuccess] = {}
         for op in batch:
             first.setdefault(op.job_id, op)
         ops = list(first.values())
@@ -673,17 +672,6 @@ class PostgresStore:
     def _bucket_lock_id(self, bucket: str) -> int:
         # The ':' cannot occur in a schema name, so this never names an ordering key's lock.
         return _advisory_key(f"calls:{self.schema}\0{bucket}")
-
-
-@dataclass(slots=True)
-class _Succeed:
-    """A ``succeed`` call waiting for its batch."""
-
-    job_id: int
-    owner: str
-    attempt: int | None
-    now: float
-    future: asyncio.Future[bool]
 
 
 async def _no_reset(conn: asyncpg.Connection) -> None:

@@ -82,7 +82,7 @@ from patchbay.jobs.model import (
     Status,
     StoredMessage,
 )
-from patchbay.jobs.store import QueuedPut, Row, StoreUnavailable, Value
+from patchbay.jobs.store import QueuedPut, QueuedSuccess, Row, StoreUnavailable, Value
 
 T = TypeVar("T")
 
@@ -288,15 +288,6 @@ class _Call:
 
 
 @dataclass(slots=True)
-class _Succeed:
-    job_id: int
-    owner: str
-    attempt: int | None
-    now: float
-    future: asyncio.Future[bool]
-
-
-@dataclass(slots=True)
 class _Stop:
     future: asyncio.Future[None]
 
@@ -310,8 +301,8 @@ class _Begun:
     woken: set[str]
 
 
-_Write = QueuedPut | _Succeed | _Call
-_Op = QueuedPut | _Succeed | _Call | _Stop | _Begun
+_Write = QueuedPut | QueuedSuccess | _Call
+_Op = QueuedPut | QueuedSuccess | _Call | _Stop | _Begun
 
 
 class SqliteStore:
@@ -436,7 +427,7 @@ class SqliteStore:
         """Mark a job succeeded, if ``owner`` still holds its lease (and ``attempt`` matches)."""
         # Queued like a put: the successes of one group share a statement and the commit.
         future: asyncio.Future[bool] = self._running_loop().create_future()
-        self._submit(_Succeed(job_id, owner, attempt, self.clock(), future))
+        self._submit(QueuedSuccess(job_id, owner, attempt, self.clock(), future))
         return await future
 
     async def fail(
@@ -613,10 +604,10 @@ class SqliteStore:
             return
         ops, self._outbox = self._outbox, []
         puts = _drain(self._put_box, len(self._put_box))
-        if any(isinstance(op, _Succeed) or (isinstance(op, _Call) and op.write) for op in ops):
+        if any(isinstance(op, QueuedSuccess) or (isinstance(op, _Call) and op.write) for op in ops):
             # Other writes (successes, claims...): one transaction, opened here with the puts
             # and successes inserted, committed by the thread with the rest.
-            succeeds = [op for op in ops if isinstance(op, _Succeed)][:LOOP_BATCH]
+            succeeds = [op for op in ops if isinstance(op, QueuedSuccess)][:LOOP_BATCH]
             ops = [*puts, *ops]
             begun = self._begin([*puts[:LOOP_BATCH], *succeeds])
             if begun is not None:
@@ -1000,16 +991,7 @@ class _Checkpointer:
 def _transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
     """Run ``fn`` between ``BEGIN IMMEDIATE`` and ``COMMIT``; roll back if anything fails."""
     conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = fn(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            # A failed rollback leaves a connection that the error's handler drops anyway.
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-        raise
-    return result
+    return _finish_transaction(conn, fn)
 
 
 def _finish_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -1019,6 +1001,7 @@ def _finish_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connecti
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
+            # A failed rollback leaves a connection that the error's handler drops anyway.
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
         raise
@@ -1034,7 +1017,7 @@ def _create_schema(conn: sqlite3.Connection) -> None:
 def _write_group(conn: sqlite3.Connection, batch: list[_Write]) -> tuple[list[_Outcome], set[str]]:
     """Every write of a group, inside its transaction; the outcomes to deliver after COMMIT."""
     puts = [op for op in batch if isinstance(op, QueuedPut)]
-    succeeds = [op for op in batch if isinstance(op, _Succeed)]
+    succeeds = [op for op in batch if isinstance(op, QueuedSuccess)]
     outcomes: list[_Outcome] = []
     woken: set[str] = set()
     if puts:
@@ -1203,7 +1186,7 @@ def _put_rows(rows: int) -> str:
     )
 
 
-def _finish(conn: sqlite3.Connection, ops: list[_Succeed]) -> tuple[list[bool], set[str]]:
+def _finish(conn: sqlite3.Connection, ops: list[QueuedSuccess]) -> tuple[list[bool], set[str]]:
     """Mark the jobs whose lease is still held succeeded: one ``SELECT`` and one ``UPDATE``."""
     held: dict[int, tuple[str, str | None]] = {}
     asked = [(op.job_id, op.owner, op.attempt) for op in ops]

@@ -175,6 +175,17 @@ class QueuedPut:
     future: asyncio.Future[Put]
 
 
+@dataclass(slots=True)
+class QueuedSuccess:
+    """A ``succeed`` waiting for the next batch, and the future its caller awaits."""
+
+    job_id: int
+    owner: str
+    attempt: int | None
+    now: float
+    future: asyncio.Future[bool]
+
+
 def connect(url: str, *, clock: Callable[[], float] = time.time) -> Store:
     """The store a URL names: ``sqlite:///path`` or ``postgresql://...``."""
     scheme, _, _ = url.partition("://")
