@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,36 +61,25 @@ def tls_files(tmp_path: Path) -> tuple[str, str]:
 
 
 @pytest.fixture
-def served_tls(live_emulator: FcmEmulator, tls_files: tuple[str, str]) -> Iterator[str]:
-    """The emulator behind TLS on a loopback port; its ``https://`` base URL."""
+def served(live_emulator: FcmEmulator, tls_files: tuple[str, str]) -> Iterator[str]:
+    """Here the emulator is behind TLS (conftest's ``account_file`` then points at it)."""
     with serve_in_thread(live_emulator, tls=tls_files) as url:
         yield url
 
 
-@pytest.fixture
-def tls_account(
-    tmp_path: Path, served_tls: str, account: tuple[dict[str, str], dict[str, str]]
-) -> Path:
-    """The service account with its token_uri on the TLS emulator."""
-    path = tmp_path / "sa.json"
-    path.write_text(json.dumps({**account[0], "token_uri": f"{served_tls}/token"}))
-    return path
-
-
 @pytest.mark.parametrize(("http2", "version"), [(False, "HTTP/1.1"), (True, "HTTP/2")])
 async def test_both_protocols_reach_an_https_fcm_that_the_roots_trust(
-    served_tls: str,
-    tls_account: Path,
+    served: str,
+    account_file: Path,
     tls_files: tuple[str, str],
     monkeypatch: pytest.MonkeyPatch,
     http2: bool,
     version: str,
 ) -> None:
     """Token and sends over TLS; HTTP/2 comes from ALPN, HTTP/1.1 is the default's protocol."""
+    assert served.startswith("https://")
     monkeypatch.setenv("SSL_CERT_FILE", tls_files[0])
-    push = settings(
-        service_account=str(tls_account), fcm_url=served_tls, iid_url=served_tls, http2=http2
-    )
+    push = settings(service_account=str(account_file), fcm_url=served, iid_url=served, http2=http2)
     async with Sender.from_settings(push) as sender:
         results = [r async for r in sender.send_multicast(ALERT, [f"t{i}" for i in range(30)])]
     assert Counter(r.outcome for r in results) == {"sent": 30}
@@ -100,8 +88,8 @@ async def test_both_protocols_reach_an_https_fcm_that_the_roots_trust(
 
 @pytest.mark.parametrize("http2", [False, True])
 async def test_an_untrusted_certificate_is_refused(
-    served_tls: str,
-    tls_account: Path,
+    served: str,
+    account_file: Path,
     live_emulator: FcmEmulator,
     monkeypatch: pytest.MonkeyPatch,
     http2: bool,
@@ -110,9 +98,9 @@ async def test_an_untrusted_certificate_is_refused(
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
     push = settings(
-        service_account=str(tls_account),
-        fcm_url=served_tls,
-        iid_url=served_tls,
+        service_account=str(account_file),
+        fcm_url=served,
+        iid_url=served,
         http2=http2,
         max_attempts=1,
         deadline=5.0,
