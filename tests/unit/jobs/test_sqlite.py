@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sqlite3
 import sys
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from patchbay.jobs import sqlite as sqlite_store
+from patchbay.jobs import sqlite_writer
 from patchbay.jobs.model import Message, NewJob, Status
 from patchbay.jobs.sqlite import SqliteStore
 from patchbay.jobs.store import Store, StoreUnavailable
@@ -89,7 +89,7 @@ class TestSqliteContract(StoreContract):
 
     @pytest.fixture
     async def opener(self, tmp_path: Path, clock: FakeClock) -> AsyncIterator[Opener]:
-        """Opens stores on one file, each with its own thread and connection."""
+        """Opens stores on one file, each with its own writer process and connection."""
         opened: list[SqliteStore] = []
 
         async def open_store() -> Store:
@@ -114,41 +114,39 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 
 async def test_file_is_wal_with_full_sync(store: SqliteStore) -> None:
     """The file is in WAL mode and the store's connection commits with synchronous=FULL."""
-    sync = await store._call(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0])
+    (sync,) = await store._call("execute", "PRAGMA synchronous", (), "one")
     assert sync == 2
     with sqlite3.connect(store.path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
 
 
-def count_commits(store: SqliteStore) -> list[str]:
-    """The store connection's commits from now on, whichever thread runs them.
+def count_groups(store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many operations each of the writer's answers covers, from now on.
 
-    A COMMIT, or a put fast-path statement (``INSERT INTO put_rows``), its own transaction.
-    SQLite traces that statement again for each step of its trigger, with the same expanded
-    text (its values), so a repeat of the previous text is the same statement.
+    The writer answers once per group it took from its socket; a group of puts alone is one
+    statement and one commit, any other group one transaction and one commit.
     """
-    commits: list[str] = []
+    groups: list[int] = []
+    answered = store._answered
 
-    def trace(statement: str) -> None:
-        text = statement.strip().upper()
-        fast = text.startswith("INSERT INTO PUT_ROWS") and commits[-1:] != [statement]
-        if text == "COMMIT" or fast:
-            commits.append(statement)
+    def counted(outcomes: list[Any], woken: list[str]) -> None:
+        groups.append(len(outcomes))
+        answered(outcomes, woken)
 
-    assert store._conn is not None
-    store._conn.set_trace_callback(trace)
-    return commits
+    monkeypatch.setattr(store, "_answered", counted)
+    return groups
 
 
 async def test_puts_share_commits_and_are_committed_when_they_resolve(
-    store: SqliteStore,
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Concurrent puts are group-committed, and each is visible to others once it resolves."""
-    commits = count_commits(store)
+    groups = count_groups(store, monkeypatch)
     puts = await asyncio.gather(*(store.put(message(f"k{i}")) for i in range(64)))
     assert all(p.created for p in puts)
-    assert 1 <= len(commits) <= 8
+    assert sum(groups) == 64
+    assert 1 <= len(groups) <= 8
     conn = sqlite3.connect(store.path)
     try:
         assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 64
@@ -156,12 +154,14 @@ async def test_puts_share_commits_and_are_committed_when_they_resolve(
         conn.close()
 
 
-async def test_job_outcomes_and_claims_share_commits_with_puts(store: SqliteStore) -> None:
-    """Successes, claims and puts sent together are written in one transaction, one commit."""
+async def test_job_outcomes_and_claims_share_commits_with_puts(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Successes, claims and puts sent together are written in few transactions and commits."""
     await asyncio.gather(*(store.put(message(f"a{i}")) for i in range(16)))
     claims = await store.claim("q", "w", limit=16, lease=60)
     assert len(claims) == 16
-    commits = count_commits(store)
+    groups = count_groups(store, monkeypatch)
     done, more, puts = await asyncio.gather(
         asyncio.gather(*(store.succeed(c.job.id, "w") for c in claims)),
         store.claim("q", "w", limit=16, lease=60),
@@ -170,7 +170,8 @@ async def test_job_outcomes_and_claims_share_commits_with_puts(store: SqliteStor
     assert all(done)
     assert all(p.created for p in puts)
     assert len(more) in (0, 16)  # the claim may come before or after the puts in the group
-    assert len(commits) <= 2
+    assert sum(groups) == 33
+    assert len(groups) <= 4  # the writer may have started on the first before the rest came
     assert (await store.counts("q"))[Status.SUCCEEDED] == 16
 
 
@@ -210,69 +211,89 @@ async def test_a_duplicate_key_in_a_fast_group_writes_nothing_of_it(store: Sqlit
     assert (await store.counts("q"))[Status.PENDING] == 4
 
 
-async def test_puts_queued_during_a_commit_are_taken_by_the_thread(store: SqliteStore) -> None:
-    """Puts made while the thread commits are committed next by it, without a hand-over."""
-    handed: list[int] = []
-    ops = store._ops  # the thread waits on this queue: hand-overs must still reach it
-
-    class Counted:
-        def put(self, item: Any) -> None:
-            handed.append(len(item))
-            ops.put(item)
-
-        def get(self) -> Any:
-            return ops.get()
-
-    store._ops = Counted()  # type: ignore[assignment]
-    committing = threading.Event()
-    release = threading.Event()
-    assert store._conn is not None
-
-    def trace(statement: str) -> None:
-        # Runs on the store's thread, inside the first group's statement: hold it there.
-        if statement.startswith("INSERT INTO put_rows") and not committing.is_set():
-            committing.set()
-            release.wait(5)
-
-    store._conn.set_trace_callback(trace)
-    first = asyncio.create_task(store.put(message("first")))
-    assert await asyncio.to_thread(committing.wait, 5)
-    later = [asyncio.create_task(store.put(message(f"later{i}"))) for i in range(5)]
-    await asyncio.sleep(0.01)  # the loop runs while the thread holds the connection
-    release.set()
-    async with asyncio.timeout(5):
-        results = await asyncio.gather(first, *later)
-    assert all(p.created for p in results)
-    assert handed == [1]  # one hand-over: the later puts were taken by the thread itself
-
-
-async def test_checkpoints_run_off_the_commit_thread(
-    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+async def test_the_writer_keeps_a_backstop_checkpoint_far_above_its_own(
+    store: SqliteStore,
 ) -> None:
-    """The WAL is copied into the database by the checkpointer, not by SQLite during commits."""
-    assert store._conn is not None
-    (pages,) = store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()
-    assert pages == sqlite_store.BACKSTOP_PAGES  # far above what this test writes
-    empty = await asyncio.to_thread(os.path.getsize, store.path)
-    monkeypatch.setattr(sqlite_store, "CHECKPOINT_BYTES", 64 << 10)
-    body = bytes(range(256)) * 64  # 16 KB: a commit of 16 puts is over the 64 KB asked for
-    await asyncio.gather(*(store.put(message(f"k{i}", body=body)) for i in range(16)))
-    for _ in range(500):  # up to 5 s: the checkpoint runs on its own thread
-        if await asyncio.to_thread(os.path.getsize, store.path) >= empty + 16 * len(body):
-            break
-        await asyncio.sleep(0.01)
-    else:
-        pytest.fail("the database file never received the WAL's pages")
+    """SQLite's automatic checkpoint stays a backstop: the writer's checkpointer runs first."""
+    (pages,) = await store._call("execute", "PRAGMA wal_autocheckpoint", (), "one")
+    assert pages == sqlite_writer.BACKSTOP_PAGES
 
 
-async def test_closing_the_store_stops_the_checkpointer(tmp_path: Path) -> None:
-    """close() ends the checkpoint thread as well as the store's own."""
+async def test_closing_the_store_ends_its_writer_process(tmp_path: Path) -> None:
+    """close() commits what was sent, then the writer process exits."""
     store = SqliteStore(tmp_path / "jobs.db")
     await store.open()
-    checkpointer = store._checkpointer
-    assert checkpointer is not None and checkpointer._thread.is_alive()
+    assert store._process is not None
+    process = store._process
+    put = asyncio.create_task(store.put(message("a")))
+    await asyncio.sleep(0)  # sent before the stop
     await store.close()
-    assert not checkpointer._thread.is_alive()
+    assert (await put).created
+    assert process.returncode == 0
+
+
+async def test_a_writer_that_dies_fails_its_callers_and_is_restarted(store: SqliteStore) -> None:
+    """Killing the writer fails what waited for it with StoreUnavailable; the next call works."""
+    assert store._process is not None
+    first = store._process
+    holder = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # the writer waits in its busy handler
+        put = asyncio.create_task(store.put(message("a")))
+        await asyncio.sleep(0.1)
+        first.kill()
+        async with asyncio.timeout(5):
+            with pytest.raises(StoreUnavailable, match="writer stopped"):
+                await put
+        holder.execute("ROLLBACK")
+    finally:
+        holder.close()
+    async with asyncio.timeout(10):
+        assert (await store.put(message("a"))).created
+    assert store._process is not first
+    assert first.returncode is not None
+
+
+async def test_the_writer_ignores_the_signals_that_stop_the_server(store: SqliteStore) -> None:
+    """SIGINT and SIGTERM, sent to the whole process group on a stop, leave the writer be."""
+    assert store._process is not None
+    process = store._process
+    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.2)
+    assert (await store.put(message("a"))).created
+    assert store._process is process and process.returncode is None
+
+
+ORPHAN = """
+import asyncio, os, sys
+from patchbay.jobs.sqlite import SqliteStore
+
+async def main(path: str) -> None:
+    store = SqliteStore(path)
+    await store.open()
+    print(store._process.pid, flush=True)
+    os._exit(0)  # gone without closing anything, like a SIGKILL
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_the_writer_exits_when_its_server_is_gone(tmp_path: Path) -> None:
+    """A writer whose server died without closing the store exits instead of lingering."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", ORPHAN, str(tmp_path / "jobs.db"), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    pid = int(out)
+    for _ in range(500):  # up to 5 s
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        await asyncio.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    pytest.fail("the writer outlived its server")
 
 
 async def test_a_put_waits_for_another_process_lock_without_blocking_the_loop(
@@ -296,10 +317,10 @@ async def test_a_put_waits_for_another_process_lock_without_blocking_the_loop(
         holder.close()
 
 
-async def test_claims_are_read_back_on_the_thread_when_the_loop_cannot(
+async def test_claims_are_read_back_by_the_writer_when_the_loop_cannot(
     store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A claim whose read-back on the event loop's connection fails reads on the thread."""
+    """A claim whose read-back on the event loop's connection fails reads in the writer."""
     await asyncio.gather(
         *(store.put(message(f"k{i}", body=f"body {i}".encode())) for i in range(3))
     )
@@ -374,7 +395,8 @@ async def test_take_prunes_calls_that_left_the_window(tmp_path: Path) -> None:
             await store.take("zoho", 3, 10)
             await store.take("other", 3, 10)
             clock.advance(1)
-        assert await store._call(count_calls) == 6  # the last 3 calls of each bucket
+        (count,) = await store._call("execute", "SELECT count(*) FROM calls", (), "one")
+        assert count == 6  # the last 3 calls of each bucket
     finally:
         await store.close()
 
@@ -416,11 +438,8 @@ async def test_a_lock_held_past_busy_timeout_is_unavailable(tmp_path: Path) -> N
 async def test_a_full_disk_is_unavailable_and_recovers(store: SqliteStore) -> None:
     """A commit that finds no room raises StoreUnavailable; the store works again afterwards."""
 
-    def fill(conn: sqlite3.Connection) -> None:
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        conn.execute(f"PRAGMA max_page_count = {pages}")
-
-    await store._call(fill)
+    (pages,) = await store._call("execute", "PRAGMA page_count", (), "one")
+    await store._call("execute", f"PRAGMA max_page_count = {pages}", (), "rows")
     with pytest.raises(StoreUnavailable, match="full"):
         await store.put(message("big", body=b"x" * 1_000_000))
     # The connection was dropped with the error; its page limit went with it.
