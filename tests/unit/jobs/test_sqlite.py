@@ -437,7 +437,6 @@ async def test_a_lock_held_past_busy_timeout_is_unavailable(tmp_path: Path) -> N
 
 async def test_a_full_disk_is_unavailable_and_recovers(store: SqliteStore) -> None:
     """A commit that finds no room raises StoreUnavailable; the store works again afterwards."""
-
     (pages,) = await store._call("execute", "PRAGMA page_count", (), "one")
     await store._call("execute", f"PRAGMA max_page_count = {pages}", (), "rows")
     with pytest.raises(StoreUnavailable, match="full"):

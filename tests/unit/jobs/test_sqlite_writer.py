@@ -106,7 +106,8 @@ def test_operations_sent_during_a_commit_form_the_next_group(writer: Writer) -> 
         ours.sendall(b"".join(encode(PutOp(i, row(f"later{i}"))) for i in range(1, 6)))
         time.sleep(0.05)
         release.set()
-        frames, answers = Frames(), []
+        frames = Frames()
+        answers: list[tuple[list[Any], list[str]]] = []
         ours.settimeout(5)
         while sum(len(outcomes) for outcomes, _ in answers) < 6:
             answers += frames.feed(ours.recv(1 << 16))
