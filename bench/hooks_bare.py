@@ -21,8 +21,10 @@ changes one thing after the normal construction:
     opened and the dispatcher still polls it (it finds nothing). This is the denominator of
     ``bench/hooks.py``: what intake costs without the durable write.
 ``--batches DIR``
-    Nothing is replaced. The job store's group commit (its private ``_commit``) is wrapped to
-    count the puts of each transaction and time it, and ``claim``/``succeed`` are counted; each
+    Nothing is replaced. The job store's groups are counted and timed (PostgreSQL: its private
+    ``_commit``, the batch's transaction; SQLite: its private ``_answered``, one answer of the
+    writer process per group, timed from the previous answer), and ``claim``/``succeed`` are
+    counted; each
     worker writes ``DIR/batches-<pid>.json`` when it stops gracefully (SIGTERM). Diagnostic
     only: ``bench/hooks.py --batches`` reports these runs apart from the measured ones.
 
@@ -32,7 +34,6 @@ Product code has no switch for any of this.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import os
 import sys
@@ -73,16 +74,31 @@ class BatchCounter:
     """Puts per group commit, commit times, claims and successes of one worker's store."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()  # the SQLite store commits on its own thread
+        self.lock = threading.Lock()
         self.sizes: Counter[int] = Counter()
         self.commit_seconds = 0.0
         self.calls: Counter[str] = Counter()
         self.claimed = 0
 
     def wrap(self, store: Any) -> None:
-        """Wrap ``store._commit`` (sync for SQLite, async for PostgreSQL), ``claim``, ``succeed``."""
-        commit = store._commit
-        if inspect.iscoroutinefunction(commit):
+        """Count groups (``_commit`` for PostgreSQL, the writer's answers for SQLite), claims,
+        successes."""
+        if hasattr(store, "_answered"):
+            # SQLite: the writer process answers each group once (puts, successes, claims and
+            # the rest together). Counted on this side: the group's operations, and the time
+            # since the previous answer (the writer's cycle while it is busy; idle time too).
+            answered = store._answered
+            last = [time.perf_counter()]
+
+            def counted_answer(outcomes: list[Any], woken: Any) -> None:
+                now = time.perf_counter()
+                self.count(len(outcomes), now - last[0])
+                last[0] = now
+                answered(outcomes, woken)
+
+            store._answered = counted_answer
+        else:
+            commit = store._commit
 
             async def async_commit(batch: list[Any]) -> None:
                 began = time.perf_counter()
@@ -90,44 +106,6 @@ class BatchCounter:
                 self.count(len(batch), time.perf_counter() - began)
 
             store._commit = async_commit
-        else:
-            # SQLite: a group is any writes (puts, successes, claims...), and its puts may have
-            # been inserted by the event loop already (``begun``); only puts are counted, and the
-            # time is the thread's (the rest of the group's writes, and the COMMIT).
-
-            def sync_commit(batch: list[Any], begun: Any = None) -> Any:
-                began = time.perf_counter()
-                outcome = commit(batch, begun)
-                ops = [*(begun.ops if begun is not None else ()), *batch]
-                puts = sum(1 for op in ops if hasattr(op, "row"))
-                if puts:
-                    self.count(puts, time.perf_counter() - began)
-                return outcome
-
-            store._commit = sync_commit
-            chunk = getattr(store, "_commit_chunk", None)
-            if chunk is not None:
-                # The puts-only fast path: one autocommit statement per group. Its fallback
-                # calls ``_commit``, counted there instead.
-                inner = [0]
-
-                def sync_commit_inner(batch: list[Any], begun: Any = None) -> Any:
-                    if inner[0]:
-                        return commit(batch, begun)
-                    return sync_commit(batch, begun)
-
-                def counted_chunk(puts: list[Any]) -> Any:
-                    began = time.perf_counter()
-                    inner[0] += 1
-                    try:
-                        outcome = chunk(puts)
-                    finally:
-                        inner[0] -= 1
-                    self.count(len(puts), time.perf_counter() - began)
-                    return outcome
-
-                store._commit = sync_commit_inner
-                store._commit_chunk = counted_chunk
         claim, succeed = store.claim, store.succeed
 
         async def counted_claim(*args: Any, **kwargs: Any) -> Any:

@@ -66,7 +66,7 @@ from patchbay.jobs.sqlite_writer import (
     PutOp,
     StopOp,
     SucceedOp,
-    encode,
+    pack,
     unavailable,
 )
 from patchbay.jobs.store import Row, StoreUnavailable, Value
@@ -140,8 +140,8 @@ class SqliteStore:
         """Store a message and its jobs, unless ``(stream, key)`` exists: then change nothing."""
         # Serialised here so that a bad message fails alone, before it joins a shared commit.
         row = Row.of(message, self.clock())
-        put: Put = await self._send(PutOp(next(self._seqs), row))
-        return put
+        message_id, created = await self._send(PutOp(next(self._seqs), row))
+        return Put(message_id, created=created)
 
     async def claim(self, queue: str, owner: str, *, limit: int, lease: float) -> list[Claim]:
         """Lease up to ``limit`` runnable jobs of ``queue`` to ``owner`` (see ``Store.claim``)."""
@@ -326,7 +326,7 @@ class SqliteStore:
         link = self._link
         if link is None:
             link = await self._start()
-        frame = encode(op)
+        frame = pack(op)
         future: asyncio.Future[Any] = link.loop.create_future()
         self._pending[op.seq] = future
         link.transport.write(frame)
