@@ -753,9 +753,11 @@ def finish_profile(proc: subprocess.Popen[bytes], rec: dict[str, Any]) -> None:
 def thread_of(stack: str) -> str:
     """Which thread a py-spy raw stack is from: ``loop``, ``store``, ``executor`` or ``idle``.
 
-    py-spy counts a thread blocked in a C call (``SimpleQueue.get``) as active: the SQLite
-    store's thread waiting for work (its leaf frame is ``SqliteStore._run`` itself) and the
-    executor's idle workers (leaf ``_worker``) are such samples, reported as ``idle``.
+    py-spy counts a thread blocked in a C call (``SimpleQueue.get``) as active: the
+    executor's idle workers (leaf ``_worker``) are such samples, reported as ``idle``. The SQLite
+    store's writer is a process of its own (``patchbay.jobs.sqlite_writer``), not profiled here;
+    ``store`` is the store's thread of older trees (``SqliteStore._run``), kept so that their
+    profiles still read the same.
     """
     frames = stack.split(";")
     if not frames[0].startswith("Thread._bootstrap"):

@@ -20,12 +20,13 @@ moment it is made, and the writer answers each group it committed with one frame
   to that group comes back, after the commit returned. A lone write still pays a commit of its
   own; a burst shares one. If the shared transaction fails for a reason that is not the file's
   (one bad message, say), each write is retried alone, so a bad one fails alone.
-- **Puts alone: one statement.** A group of nothing but puts (intake without handlers) is one
-  ``INSERT`` into a temp view whose trigger writes the messages and jobs, in autocommit: SQLite
-  opens the write transaction, inserts, commits and fsyncs inside one ``sqlite3_step``
-  (``_commit_chunk``). Ids come from a counter the writer keeps; a duplicate key, or an id
-  another process took, aborts the statement (nothing written) and the group goes the locked
-  way, which tells duplicates apart.
+- **Puts alone: one statement.** A group of nothing but puts is one ``INSERT`` into a temp
+  view whose trigger writes the messages and jobs (or, when none of them has jobs, as in intake
+  without handlers, straight into ``messages``), in autocommit: SQLite opens the write
+  transaction, inserts, commits and fsyncs inside one ``sqlite3_step`` (``_commit_chunk``). Ids
+  come from a counter the writer keeps; a duplicate key, or an id another process took, aborts
+  the statement (nothing written) and the group goes the locked way, which tells duplicates
+  apart.
 - **Checkpoints off the commit path.** SQLite's automatic checkpoint ran inside a commit about
   every tenth group; a ``_Checkpointer`` thread with its own connection runs passive checkpoints
   after every few MB committed instead (the automatic one stays as a backstop at a far larger
@@ -328,8 +329,15 @@ class Writer:
                 for pair, i in first.items()
                 for row in (puts[i].row,)
             ]
-            ((count, params),) = _chunks(rows, 7)
-            conn.execute(_put_rows(count), params)
+            if any(op.row.jobs for op in puts):
+                ((count, params),) = _chunks(rows, 7)
+                conn.execute(_put_rows(count), params)
+            else:
+                # No jobs to write (intake without handlers): a plain insert, which a taken key
+                # or id aborts whole just as the trigger does, without the trigger's steps and
+                # the sort (CPU per put in the writer: 63 -> 51 µs at 8 puts per statement).
+                ((count, params),) = _chunks([r[:6] for r in rows], 6)
+                conn.execute(_put_messages(count), params)
         except Exception as exc:
             self._next_id = None
             if conn is not None and conn.in_transaction:
@@ -904,6 +912,15 @@ def _put_outcomes(
 def _jobs_json(jobs: tuple[NewJob, ...]) -> str:
     """A message's jobs as the JSON array ``PUT_TRIGGER`` reads: [queue, task, delay, key]."""
     return orjson.dumps([[j.queue, j.task, j.delay, j.ordering_key] for j in jobs]).decode()
+
+
+@functools.cache
+def _put_messages(rows: int) -> str:
+    # No ORDER BY: ids are explicit, and without jobs nothing depends on the insertion order.
+    return (
+        "INSERT INTO messages (id, stream, key, body, meta, created_at)"
+        f" SELECT * FROM (VALUES {_values(6, rows)}) WHERE column1 IS NOT NULL"
+    )
 
 
 @functools.cache

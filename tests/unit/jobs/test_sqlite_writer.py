@@ -32,9 +32,9 @@ from patchbay.jobs.sqlite_writer import (
 from patchbay.jobs.store import Row
 
 
-def row(key: str, body: bytes = b"{}") -> Row:
-    """A put's row with one job."""
-    return Row("s", key, body, "{}", time.time(), (NewJob("q", "t"),))
+def row(key: str, body: bytes = b"{}", jobs: tuple[NewJob, ...] = (NewJob("q", "t"),)) -> Row:
+    """A put's row, with one job unless told otherwise."""
+    return Row("s", key, body, "{}", time.time(), jobs)
 
 
 @pytest.fixture
@@ -89,6 +89,25 @@ def test_a_group_of_puts_is_one_statement(writer: Writer) -> None:
     assert woken == {"q"} and not stop
     top = [s for s in statements if s.startswith("INSERT INTO put_rows")]
     assert len(set(top)) == 1  # traced again for each trigger step, with the same text
+
+
+def test_puts_without_jobs_are_a_plain_insert_that_a_stored_key_aborts(writer: Writer) -> None:
+    """Puts without jobs skip the trigger; a stored key in the group still writes none of it."""
+    statements: list[str] = []
+    writer._connection().set_trace_callback(statements.append)
+    outcomes, woken, _ = writer.round([PutOp(i, row(f"k{i}", jobs=())) for i in range(3)])
+    assert [put for _, put, _ in outcomes] == [(1, True), (2, True), (3, True)]
+    assert woken == set()
+    assert not any("put_rows" in s for s in statements)
+    assert any(s.startswith("INSERT INTO messages") for s in statements)
+    outcomes, _, _ = writer.round([PutOp(3, row("new", jobs=())), PutOp(4, row("k1", jobs=()))])
+    assert [put for _, put, _ in outcomes] == [(4, True), (2, False)]
+    conn = sqlite3.connect(writer.path)
+    try:
+        keys = conn.execute("SELECT id, key FROM messages ORDER BY id").fetchall()
+    finally:
+        conn.close()
+    assert keys == [(1, "k0"), (2, "k1"), (3, "k2"), (4, "new")]
 
 
 def test_a_bad_write_fails_alone_in_its_group(writer: Writer) -> None:
