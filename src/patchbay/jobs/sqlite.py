@@ -111,6 +111,7 @@ class SqliteStore:
     async def open(self) -> None:
         """Start the writer, open the file and create the schema if it is missing."""
         self._loop = asyncio.get_running_loop()
+        self._starting = None  # made anew: a lock belongs to the loop it is first used in
         self._open = True
         try:
             await self._call("nothing")
@@ -128,6 +129,7 @@ class SqliteStore:
             with contextlib.suppress(StoreUnavailable):
                 await self._send(StopOp(next(self._seqs)))
             link.transport.close()
+            self._lost(link, None)  # whatever is still pending was sent after the stop
         await self._reap()
         reader, self._reader = self._reader, None
         if reader is not None:
@@ -388,8 +390,10 @@ class SqliteStore:
                 future.set_exception(exc)
         self._wake(woken)
 
-    def _lost(self, exc: BaseException | None) -> None:
+    def _lost(self, link: _Link, exc: BaseException | None) -> None:
         """The writer's socket closed: nothing sent to it will be answered."""
+        if link is not self._link:  # an earlier writer's, closed by close(): all answered
+            return
         self._link = None
         pending, self._pending = self._pending, {}
         reason = f": {exc}" if exc is not None else ""
@@ -441,7 +445,7 @@ class _Link(asyncio.Protocol):
             self.store._answered(outcomes, woken)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.store._lost(exc)
+        self.store._lost(self, exc)
 
 
 def _check_budget(limit: int, window: float) -> None:

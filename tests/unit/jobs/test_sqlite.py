@@ -232,6 +232,37 @@ async def test_closing_the_store_ends_its_writer_process(tmp_path: Path) -> None
     assert process.returncode == 0
 
 
+async def test_a_store_reopened_at_once_after_close_works(tmp_path: Path) -> None:
+    """close() then open() at once: the old writer's end does not disturb the new one."""
+    store = SqliteStore(tmp_path / "jobs.db")
+    await store.open()
+    await store.put(message("a"))
+    await store.close()
+    await store.open()
+    try:
+        async with asyncio.timeout(10):
+            assert (await store.put(message("b"))).created
+            assert (await store.counts("q"))[Status.PENDING] == 2
+    finally:
+        await store.close()
+
+
+async def test_a_put_sent_while_the_store_closes_fails_instead_of_hanging(
+    store: SqliteStore,
+) -> None:
+    """A put made after close() began either lands before the stop or gets StoreUnavailable."""
+    closing = asyncio.create_task(store.close())
+    await asyncio.sleep(0)  # close() has sent its stop
+    async with asyncio.timeout(10):
+        try:
+            put = await store.put(message("late"))
+        except StoreUnavailable:
+            pass
+        else:
+            assert put.created
+        await closing
+
+
 async def test_a_writer_that_dies_fails_its_callers_and_is_restarted(store: SqliteStore) -> None:
     """Killing the writer fails what waited for it with StoreUnavailable; the next call works."""
     assert store._process is not None
