@@ -569,7 +569,7 @@ MESSAGE_COLUMNS: Final = "id, stream, key, body, meta, created_at"
 # ids after max(id) are free and each message's id is known without a RETURNING row per put.
 NEXT_MESSAGE_ID: Final = "SELECT coalesce(max(id), 0) + 1 FROM messages"
 # Which of the given (stream, key) pairs are stored, and as which ids: one row, whatever the
-# count (each row fetched is another GIL hand-off on the store's thread).
+# count.
 FIND_MESSAGES: Final = """
 SELECT json_group_array(json_array(m.id, m.stream, m.key))
 FROM json_each(?) AS u JOIN messages AS m
@@ -577,9 +577,8 @@ FROM json_each(?) AS u JOIN messages AS m
 """
 # The put fast path (``_commit_chunk``): a group of puts is one INSERT into this view, in
 # autocommit mode, so that SQLite opens the write transaction, inserts every message and job,
-# commits and fsyncs inside one ``sqlite3_step``, which runs without the GIL. Each statement
-# made on the store's thread otherwise has to take the GIL back from the busy event loop (up to
-# the 5 ms switch interval each time). Temp objects: per connection, nothing in the file changes.
+# commits and fsyncs inside one ``sqlite3_step``: one statement per group instead of a
+# transaction of several. Temp objects: per connection, nothing in the file changes.
 # If a message's id or its (stream, key) is taken already (a duplicate, or an id another process
 # used since), the whole statement is aborted (nothing is written) and the caller takes the
 # locked way for that group, which tells duplicates apart and picks ids under the lock.
@@ -688,8 +687,8 @@ class _Checkpointer:
     """Passive WAL checkpoints on a thread and connection of their own, when asked.
 
     Off the commit path: with SQLite's automatic checkpoint, every tenth commit or so copied
-    the WAL into the database and fsynced it inside the commit, on the store's one thread, and
-    the next group waited for it. A passive checkpoint takes no lock a writer needs (it copies
+    the WAL into the database and fsynced it inside the commit, and the next group waited for
+    it. A passive checkpoint takes no lock a writer needs (it copies
     the frames committed when it started, and the writer restarts the WAL once all are copied),
     and durability does not depend on it: every commit fsynced its frames to the WAL already.
     """
