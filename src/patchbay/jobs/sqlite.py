@@ -123,7 +123,7 @@ class SqliteStore:
         """Commit every write already sent, then stop the writer and close the file."""
         if not self._open:
             return
-        self._open = False  # nothing can be sent after the stop
+        self._open = False  # no writer is started from now on
         link = self._link
         if link is not None:
             with contextlib.suppress(StoreUnavailable):
