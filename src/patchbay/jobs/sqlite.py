@@ -67,11 +67,10 @@ from patchbay.jobs.sqlite_writer import (
     StopOp,
     SucceedOp,
     pack,
-    unavailable,
 )
 from patchbay.jobs.store import Row, StoreUnavailable, Value
 
-__all__ = ["SCHEMA", "SqliteStore", "unavailable"]
+__all__ = ["SCHEMA", "SqliteStore"]
 
 # How long close() waits for the writer to finish what was sent and exit before killing it.
 STOP_TIMEOUT: Final = 30.0
@@ -336,7 +335,8 @@ class SqliteStore:
 
     async def _start(self) -> _Link:
         """Start the writer process (one at a time) and connect to it."""
-        if not self._open or self._loop is None:
+        loop = self._loop
+        if not self._open or loop is None:
             raise StoreUnavailable("SQLite job store is not open")
         if self._starting is None:
             self._starting = asyncio.Lock()
@@ -353,8 +353,8 @@ class SqliteStore:
                         pass_fds=(theirs.fileno(),),
                         stdin=subprocess.DEVNULL,
                     )
-                transport, link = await self._loop.create_unix_connection(
-                    lambda: _Link(self, self._loop), sock=ours
+                transport, link = await loop.create_unix_connection(
+                    lambda: _Link(self, loop), sock=ours
                 )
                 # uvloop may return before it calls connection_made.
                 link.transport = transport
@@ -433,8 +433,7 @@ class SqliteStore:
 class _Link(asyncio.Protocol):
     """The event loop's end of the writer's socket: answers in, loss reported."""
 
-    def __init__(self, store: SqliteStore, loop: asyncio.AbstractEventLoop | None) -> None:
-        assert loop is not None
+    def __init__(self, store: SqliteStore, loop: asyncio.AbstractEventLoop) -> None:
         self.store = store
         self.loop = loop
         self.transport: asyncio.WriteTransport

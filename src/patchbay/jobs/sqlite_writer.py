@@ -219,20 +219,8 @@ def serve(sock: socket.socket, writer: Writer) -> None:
     frames = Frames()
     with contextlib.suppress(OSError):  # the server's end is gone: nobody is left to answer
         while True:
-            data = sock.recv(RECEIVE)
-            if not data:
-                return
+            data, ended = _arrived(sock)
             ops = [unpack(value) for value in frames.feed(data)]
-            ended = False
-            while True:  # whatever else was sent meanwhile joins this group
-                try:
-                    more = sock.recv(RECEIVE, socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    break
-                if not more:
-                    ended = True
-                    break
-                ops += [unpack(value) for value in frames.feed(more)]
             if ops:
                 outcomes, woken, stop = writer.round(ops)
                 sock.sendall(encode((outcomes, sorted(woken))))
@@ -240,6 +228,24 @@ def serve(sock: socket.socket, writer: Writer) -> None:
                     return
             if ended:
                 return
+
+
+def _arrived(sock: socket.socket) -> tuple[bytes, bool]:
+    """One group's bytes, and whether the server's end is closed.
+
+    Waits for the first bytes, then takes everything already waiting without waiting more.
+    """
+    chunks = [sock.recv(RECEIVE)]
+    if not chunks[0]:
+        return b"", True
+    while True:
+        try:
+            more = sock.recv(RECEIVE, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return b"".join(chunks), False
+        if not more:
+            return b"".join(chunks), True
+        chunks.append(more)
 
 
 # -- the writer --------------------------------------------------------------------------------
