@@ -24,9 +24,9 @@ changes one thing after the normal construction:
     Nothing is replaced. The job store's groups are counted and timed (PostgreSQL: its private
     ``_commit``, the batch's transaction; SQLite: its private ``_answered``, one answer of the
     writer process per group, timed from the previous answer), and ``claim``/``succeed`` are
-    counted; each
-    worker writes ``DIR/batches-<pid>.json`` when it stops gracefully (SIGTERM). Diagnostic
-    only: ``bench/hooks.py --batches`` reports these runs apart from the measured ones.
+    counted; each worker writes ``DIR/batches-<pid>.json`` when it stops gracefully (SIGTERM).
+    Diagnostic only: ``bench/hooks.py --batches`` reports these runs apart from the measured
+    ones.
 
 Product code has no switch for any of this.
 """
@@ -48,6 +48,7 @@ import patchbay.server
 from patchbay.app import App
 from patchbay.cli import main as patchbay_main
 from patchbay.jobs.model import Put
+from patchbay.jobs.sqlite import SqliteStore
 from patchbay.settings import Settings
 from patchbay.webhooks.envelope import Envelope
 from patchbay.webhooks.inbox import Source
@@ -81,9 +82,8 @@ class BatchCounter:
         self.claimed = 0
 
     def wrap(self, store: Any) -> None:
-        """Count groups (``_commit`` for PostgreSQL, the writer's answers for SQLite), claims,
-        successes."""
-        if hasattr(store, "_answered"):
+        """Count groups (SQLite: the writer's answers; PostgreSQL: ``_commit``) and job calls."""
+        if isinstance(store, SqliteStore):
             # SQLite: the writer process answers each group once (puts, successes, claims and
             # the rest together). Counted on this side: the group's operations, and the time
             # since the previous answer (the writer's cycle while it is busy; idle time too).
@@ -96,7 +96,7 @@ class BatchCounter:
                 last[0] = now
                 answered(outcomes, woken)
 
-            store._answered = counted_answer
+            store._answered = counted_answer  # type: ignore[method-assign]
         else:
             commit = store._commit
 

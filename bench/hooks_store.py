@@ -4,10 +4,10 @@
 ``put`` mode (default): ``--conc`` asyncio tasks each store messages shaped like
 ``Inbox.accept``'s (stream ``hooks/gh``, a unique key, the GitHub push body of
 ``bench/hooks.py``, the same meta with redacted headers, one job or none) through the real store
-(``patchbay.jobs.store.connect``: SQLite with its group-committing writer process, or PostgreSQL with
-its batching task) for ``--duration`` seconds after a 1 s warm-up; prints puts/s, put latency
-and this process's CPU per put (with the SQLite store's writer process), and how many puts
-each commit carried on average (SQLite: each group its writer answered).
+(``patchbay.jobs.store.connect``: SQLite with its group-committing writer process, or
+PostgreSQL with its batching task) for ``--duration`` seconds after a 1 s warm-up; prints
+puts/s, put latency and this process's CPU per put (with the SQLite store's writer process),
+and how many puts each commit carried on average (SQLite: each group its writer answered).
 
 ``micro`` mode: microseconds per call (best of 5, ``timeit``) of the pieces every delivery runs
 on the event loop: ``verify`` (HMAC), ``open_envelope`` (JSON parse), ``redact``, the probe
