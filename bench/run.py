@@ -651,6 +651,8 @@ def start_gateway(backend: str, cfg: dict[str, Any], a: argparse.Namespace) -> S
         "--pool-size",
         str(cfg["pool_size"]),
     ]
+    if cfg.get("pipeline_depth") is not None:
+        cmd += ["--pipeline-depth", str(cfg["pipeline_depth"])]
     if a.compat:
         cmd += ["--compat", a.compat]
     workdir = Path(tempfile.mkdtemp(prefix="patchbay-bench-"))
@@ -681,6 +683,9 @@ def http_run(
     if kind == "gateway":
         rec["target"] = f"patchbay w{cfg['workers']} p{cfg['pool_size']}"
         rec.update(workers=cfg["workers"], pool_size=cfg["pool_size"], compat=a.compat or "default")
+        if cfg.get("pipeline_depth") is not None:
+            rec["target"] += f" d{cfg['pipeline_depth']}"
+            rec["pipeline_depth"] = cfg["pipeline_depth"]
         template, check, ready = gateway_path(query), check_gateway_body, "/livez"
     else:
         rec["target"] = "datasette"
@@ -1193,6 +1198,11 @@ def main() -> int:
         default="16",
         help="connections per server and worker; a comma list measures each",
     )
+    p.add_argument(
+        "--pipeline-depth",
+        default="",
+        help="patchbay --pipeline-depth (MySQL); a comma list measures each (e.g. 1,8)",
+    )
     p.add_argument("--compat", choices=["default", "strict"], help="patchbay --compat")
     p.add_argument("--repeat", type=int, default=1, help="measure every cell this many times")
     p.add_argument(
@@ -1239,8 +1249,10 @@ def main() -> int:
         a.duration, a.warmup, a.samples = min(a.duration, 2.0), min(a.warmup, 1.0), 5
         a.settle = min(a.settle, 2.0)
     configs = [
-        {"workers": int(w), "pool_size": int(s)}
-        for w, s in itertools.product(csv_list(a.workers), csv_list(a.pool_size))
+        {"workers": int(w), "pool_size": int(s), "pipeline_depth": int(d) if d else None}
+        for w, s, d in itertools.product(
+            csv_list(a.workers), csv_list(a.pool_size), csv_list(a.pipeline_depth) or [""]
+        )
     ]
     for tool in ("wrk",) + (("sysbench",) if {"mariadb", "postgresql"} & set(a.backends) else ()):
         if shutil.which(tool) is None:
@@ -1305,7 +1317,7 @@ def main() -> int:
                         for cfg in configs:
                             log(
                                 f"patchbay {backend} {query} c{c} workers={cfg['workers']} "
-                                f"pool={cfg['pool_size']}"
+                                f"pool={cfg['pool_size']} depth={cfg['pipeline_depth']}"
                             )
                             rec = http_run("gateway", backend, query, c, cfg, a)
                             keep(rec)

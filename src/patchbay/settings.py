@@ -72,6 +72,7 @@ class PoolSettings:
     writes: Literal["first", "any"] = "first"
     failures_to_down: int = 1
     probe_interval: float = 0.5
+    pipeline_depth: int = 1  # MySQL: >1 sends waiting reads together (see sql/pipeline.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +265,7 @@ def _build(raw: dict[str, Any]) -> Settings:
     if unknown:
         raise ConfigError(f"{sorted(unknown)[0]}: unknown section")
     server = _dataclass_from(ServerSettings, raw.get("server", {}), "server")
-    sql = _dataclass_from(PoolSettings, raw.get("sql", {}), "sql")
+    sql = _pool(raw.get("sql", {}), "sql")
     for net in server.allow_networks:
         try:
             ipaddress.ip_network(net, strict=False)
@@ -427,8 +428,18 @@ def _database(name: str, value: Any, defaults: PoolSettings) -> DatabaseSettings
         raise ConfigError(f"{where}.urls: all servers of one database must be of one kind")
     merged = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(PoolSettings)}
     merged.update(table)
-    pool = _dataclass_from(PoolSettings, merged, where)
-    return DatabaseSettings(name=name, urls=tuple(urls), pool=pool)
+    return DatabaseSettings(name=name, urls=tuple(urls), pool=_pool(merged, where))
+
+
+def _pool(values: Any, where: str) -> PoolSettings:
+    pool = _dataclass_from(PoolSettings, values, where)
+    for key in ("pool_size", "pipeline_depth", "failures_to_down"):
+        if getattr(pool, key) < 1:
+            raise ConfigError(f"{where}.{key}: must be at least 1")
+    for key in ("connect_timeout", "acquire_timeout", "query_timeout", "probe_interval"):
+        if not getattr(pool, key) > 0:
+            raise ConfigError(f"{where}.{key}: must be positive")
+    return pool
 
 
 def _table(value: Any, where: str) -> Mapping[str, Any]:

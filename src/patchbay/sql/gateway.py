@@ -14,17 +14,19 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
 from patchbay.errors import BackendUnavailable, PoolExhausted, QueryTimeout
-from patchbay.settings import DatabaseSettings, redact_url
+from patchbay.settings import DatabaseSettings, PoolSettings, redact_url
 from patchbay.sql import statements
 from patchbay.sql.backends.base import Connection, Connector, ServerFailure
 from patchbay.sql.balancer import Balancer, Policy, retry_allowed
+from patchbay.sql.pipeline import Pipeline, PipelinedConnection
 from patchbay.sql.pool import Pool
 from patchbay.sql.results import Outcome
+from patchbay.sql.statements import Shape
 from patchbay.stats import Histogram
 
 log = structlog.get_logger("patchbay.sql")
@@ -49,16 +51,22 @@ def make_connector(url: str, *, kind: str, strict: bool, settings: DatabaseSetti
 class Server:
     """One backend URL of a database: its connector, pool and the requests running on it."""
 
-    def __init__(self, index: int, connector: Connector, pool_size: int, acquire_timeout: float):
+    def __init__(self, index: int, connector: Connector, settings: PoolSettings):
         self.index = index
         self.connector = connector
         self.name = redact_url(connector.url)
         self.pool: Pool[Connection] = Pool(
             connector.connect,
             _close,
-            size=pool_size,
-            acquire_timeout=acquire_timeout,
+            size=settings.pool_size,
+            acquire_timeout=settings.acquire_timeout,
             alive=lambda conn: conn.alive(),
+        )
+        # Only MySQL's protocol lets several queries wait on one connection (see pipeline.py).
+        self.pipeline = (
+            Pipeline(cast(Pool[PipelinedConnection], self.pool), settings.pipeline_depth)
+            if connector.kind == "mysql" and settings.pipeline_depth > 1
+            else None
         )
         self.running: set[asyncio.Task[Any]] = set()
         self.generation = 0  # bumped each time the server is marked down
@@ -93,12 +101,7 @@ class Database:
         )
         self.balancer = Balancer(len(settings.urls), self.policy)
         self.servers = [
-            Server(
-                i,
-                make_connector(url, kind=self.kind, strict=strict, settings=settings),
-                pool.pool_size,
-                pool.acquire_timeout,
-            )
+            Server(i, make_connector(url, kind=self.kind, strict=strict, settings=settings), pool)
             for i, url in enumerate(settings.urls)
         ]
         self._clock = clock
@@ -148,6 +151,8 @@ class Database:
                     await task
         self._health = self._watchdog = None
         for server in self.servers:
+            if server.pipeline is not None:
+                await server.pipeline.close()
             await server.pool.close()
             await server.connector.aclose()
 
@@ -187,7 +192,16 @@ class Database:
             tried.add(index)
             self.retries += 1
 
-    async def _run_on(self, server: Server, sql: str, rollback: bool, shape: Any) -> Outcome:
+    async def _run_on(self, server: Server, sql: str, rollback: bool, shape: Shape) -> Outcome:
+        pipeline = server.pipeline
+        if (
+            pipeline is not None
+            and shape.read
+            and shape.stateless
+            and not rollback
+            and pipeline.wanted()
+        ):
+            return await self._run_piped(server, pipeline, sql)
         generation = server.generation
         try:
             conn = await server.pool.acquire()
@@ -228,6 +242,45 @@ class Database:
             server.running.discard(task)
             self.balancer.end(server.index)
         server.pool.release(conn)
+        if server.generation == generation:
+            self.balancer.succeeded(server.index, self._clock())
+        return outcome
+
+    async def _run_piped(self, server: Server, pipeline: Pipeline, sql: str) -> Outcome:
+        """Run a plain read through the server's pipeline (its pool is busy)."""
+        generation = server.generation
+        task = asyncio.current_task(self._loop)
+        assert task is not None
+        deadlines = self._deadlines
+        timeout = self.settings.pool.query_timeout
+
+        def started() -> None:  # the query timeout counts from here, as for a lone request
+            deadlines[task] = self._loop_time() + timeout
+
+        self.balancer.begin(server.index)
+        server.running.add(task)
+        try:
+            outcome = await pipeline.run(sql, started)
+        except ServerFailure as failure:
+            self._server_failed(server, failure, generation)
+            raise
+        except asyncio.CancelledError:
+            if task in self._expired:
+                self._expired.discard(task)
+                task.uncancel()
+                self.timeouts += 1
+                raise QueryTimeout(
+                    f"the query ran past {timeout:g} s and was cancelled", database=self.name
+                ) from None
+            if task in server.evicted:
+                server.evicted.discard(task)
+                task.uncancel()
+                raise ServerFailure("the server went down during the request", sent=True) from None
+            raise
+        finally:
+            deadlines.pop(task, None)
+            server.running.discard(task)
+            self.balancer.end(server.index)
         if server.generation == generation:
             self.balancer.succeeded(server.index, self._clock())
         return outcome
@@ -345,6 +398,15 @@ class Database:
                         "open": s.pool.open,
                         "in_use": s.pool.in_use,
                         "waiting": s.pool.waiting,
+                    },
+                    "pipeline": None
+                    if s.pipeline is None
+                    else {
+                        "depth": s.pipeline.depth,
+                        "batches": s.pipeline.batches,
+                        "reads": s.pipeline.reads,
+                        "resent": s.pipeline.resent,
+                        "waiting": len(s.pipeline.waiting),
                     },
                     "last_error": s.last_error,
                 }

@@ -49,6 +49,11 @@ class Pool(Generic[C]):
         return self.open - len(self._idle)
 
     @property
+    def busy(self) -> bool:
+        """Whether ``acquire`` would wait: no idle connection and no room to open one."""
+        return not self._idle and self.open >= self.size
+
+    @property
     def waiting(self) -> int:
         """Requests waiting for a connection."""
         return len(self._waiters)

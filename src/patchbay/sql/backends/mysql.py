@@ -30,11 +30,13 @@ from patchbay.sql.backends.base import Address, ServerFailure
 from patchbay.sql.results import Outcome, Rows, SqlError, Write
 from patchbay.sql.statements import Shape
 
+COM_QUERY: Final = 0x03
 COM_STATISTICS: Final = 0x09
 COM_RESET_CONNECTION: Final = 0x1F
 # Client-side error numbers that mean the link, not the SQL, failed (CR_* in errmsg.h).
 LINK_ERRORS: Final = frozenset({0, 2002, 2003, 2005, 2006, 2013, 2014, 2055})
 CLIENT_VERSION: Final = importlib.metadata.version("asyncmy")
+MAX_PIPELINED_BYTES: Final = 0xFFFFFF - 1  # one packet: its length field is 3 bytes
 
 Fix = Callable[[Any], Any]
 
@@ -105,12 +107,49 @@ class MySQLConnection:
 
     async def run(self, sql: str, *, rollback_on_error: bool, shape: Shape) -> Outcome:
         """Send the whole batch at once and read every result in order."""
+        try:
+            conn = self._conn
+            await conn._execute_command(COM_QUERY, sql.encode(conn._encoding, "surrogateescape"))
+        except (OSError, myerrors.MySQLError) as exc:
+            raise ServerFailure(_message(exc), sent=True) from None
+        outcome = await self.receive()
+        try:
+            if outcome.error is not None and rollback_on_error:
+                outcome = Outcome(outcome.results, outcome.error, await self._rollback())
+            if not shape.stateless:
+                await self._reset()
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            raise ServerFailure(f"lost connection: {exc}", sent=True) from None
+        return outcome
+
+    def send(self, sqls: Sequence[str]) -> None:
+        """Write one ``COM_QUERY`` per text in a single write, without waiting for answers.
+
+        The server runs them one after another, as if each had waited for the one before;
+        ``receive`` then reads their outcomes in the same order (pipelining). Each text must be
+        shorter than a protocol packet (16 MB): the gateway's requests are 1 MB at most.
+        """
+        encoding = self._conn._encoding
+        packets = []
+        for sql in sqls:
+            payload = sql.encode(encoding, "surrogateescape")
+            if len(payload) >= MAX_PIPELINED_BYTES:
+                raise ValueError("a pipelined query must be under 16 MB")
+            packets.append((len(payload) + 1).to_bytes(3, "little") + b"\x00\x03" + payload)
+        try:
+            self._conn._write_bytes(b"".join(packets))
+        except (OSError, myerrors.MySQLError) as exc:
+            raise ServerFailure(_message(exc), sent=True) from None
+
+    async def receive(self) -> Outcome:
+        """Read the outcome of the oldest ``COM_QUERY`` sent whose outcome is not read yet."""
         conn = self._conn
+        conn._next_seq_id = 1  # every command's answer counts its packets from 1
         results: list[Rows | Write] = []
         error: SqlError | None = None
         try:
             try:
-                await conn.query(sql)
+                await conn._read_query_result()
                 while True:
                     results.append(self._read(conn._result))
                     if not conn._result.has_next:
@@ -121,14 +160,9 @@ class MySQLConnection:
                 if errno in LINK_ERRORS or not conn._connected:
                     raise ServerFailure(_message(exc), sent=True) from None
                 error = SqlError(errno, _message(exc))
-            rolled_back = None
-            if error is not None and rollback_on_error:
-                rolled_back = await self._rollback()
-            if not shape.stateless:
-                await self._reset()
         except (OSError, asyncio.IncompleteReadError) as exc:
             raise ServerFailure(f"lost connection: {exc}", sent=True) from None
-        return Outcome(results, error, rolled_back)
+        return Outcome(results, error, None)
 
     def _read(self, result: Any) -> Rows | Write:
         if not result.field_count:
