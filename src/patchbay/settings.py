@@ -436,9 +436,8 @@ def _pool(values: Any, where: str) -> PoolSettings:
     for key in ("pool_size", "pipeline_depth", "failures_to_down"):
         if getattr(pool, key) < 1:
             raise ConfigError(f"{where}.{key}: must be at least 1")
-    for key in ("connect_timeout", "acquire_timeout", "query_timeout", "probe_interval"):
-        if not getattr(pool, key) > 0:
-            raise ConfigError(f"{where}.{key}: must be positive")
+    if not pool.probe_interval > 0:
+        raise ConfigError(f"{where}.probe_interval: must be positive")
     return pool
 
 

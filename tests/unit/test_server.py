@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import errno
+import socket
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from patchbay.http import TEXT, Reply, Request
-from patchbay.server import HttpProtocol, Limits, State, drain
+from patchbay.server import Acceptor, HttpProtocol, Limits, State, bind, drain
 
 Seen = list[tuple[str, str, bytes, bytes | None, str | None]]
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[tuple[int, State, Seen, asyncio.Server]]:
+async def server() -> AsyncIterator[tuple[int, State, Seen, Acceptor]]:
     """A server whose app echoes the path and query after an optional delay."""
     seen: Seen = []
 
@@ -42,8 +44,9 @@ async def server() -> AsyncIterator[tuple[int, State, Seen, asyncio.Server]]:
     )
     state = State(respond, limits)
     loop = asyncio.get_running_loop()
-    srv = await loop.create_server(lambda: HttpProtocol(state), "127.0.0.1", 0)
-    port = srv.sockets[0].getsockname()[1]
+    srv = Acceptor(bind("127.0.0.1", 0), lambda: HttpProtocol(state))
+    srv.start()
+    port = srv.sock.getsockname()[1]
 
     async def sweeper() -> None:
         while True:
@@ -74,7 +77,7 @@ async def exchange(port: int, data: bytes, *, wait: float = 2.0) -> bytes:
 
 
 async def test_one_response_per_request_with_keep_alive(
-    server: tuple[int, State, Seen, asyncio.Server],
+    server: tuple[int, State, Seen, Acceptor],
 ) -> None:
     """A request gets status, content type, length and date in one response; keep-alive stays."""
     port, _, seen, _ = server
@@ -90,7 +93,7 @@ async def test_one_response_per_request_with_keep_alive(
 
 
 async def test_pipelined_requests_are_answered_in_order(
-    server: tuple[int, State, Seen, asyncio.Server],
+    server: tuple[int, State, Seen, Acceptor],
 ) -> None:
     """Pipelined requests are answered in the order they came, the slow one included."""
     port, *_ = server
@@ -104,7 +107,7 @@ async def test_pipelined_requests_are_answered_in_order(
 
 
 async def test_http10_closes_after_the_answer(
-    server: tuple[int, State, Seen, asyncio.Server],
+    server: tuple[int, State, Seen, Acceptor],
 ) -> None:
     """An HTTP/1.0 request without keep-alive gets connection: close and the socket closes."""
     port, *_ = server
@@ -122,7 +125,7 @@ async def test_http10_closes_after_the_answer(
     ],
 )
 async def test_bad_requests_get_an_answer_and_a_close(
-    server: tuple[int, State, Seen, asyncio.Server], request_bytes: bytes, status: bytes
+    server: tuple[int, State, Seen, Acceptor], request_bytes: bytes, status: bytes
 ) -> None:
     """Malformed or oversized requests get a 4xx and the connection closes; the app never sees them."""
     port, _, seen, _ = server
@@ -132,7 +135,7 @@ async def test_bad_requests_get_an_answer_and_a_close(
 
 
 async def test_slow_request_is_cut_at_the_deadline(
-    server: tuple[int, State, Seen, asyncio.Server],
+    server: tuple[int, State, Seen, Acceptor],
 ) -> None:
     """Part of a request and then silence: 408 and close soon after receive_timeout."""
     port, *_ = server
@@ -143,7 +146,7 @@ async def test_slow_request_is_cut_at_the_deadline(
     assert loop.time() - began < 1.5
 
 
-async def test_idle_keep_alive_is_closed(server: tuple[int, State, Seen, asyncio.Server]) -> None:
+async def test_idle_keep_alive_is_closed(server: tuple[int, State, Seen, Acceptor]) -> None:
     """A keep-alive connection left idle is closed after keep_alive_timeout."""
     port, state, *_ = server
     out = await exchange(port, b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n", wait=3)
@@ -152,7 +155,7 @@ async def test_idle_keep_alive_is_closed(server: tuple[int, State, Seen, asyncio
 
 
 async def test_app_failure_is_a_500_not_a_dead_connection(
-    server: tuple[int, State, Seen, asyncio.Server],
+    server: tuple[int, State, Seen, Acceptor],
 ) -> None:
     """An exception in the app answers 500 and the connection keeps serving."""
     port, *_ = server
@@ -164,7 +167,7 @@ async def test_app_failure_is_a_500_not_a_dead_connection(
 
 
 async def test_drain_finishes_answers_in_progress(
-    server: tuple[int, State, Seen, asyncio.Server],
+    server: tuple[int, State, Seen, Acceptor],
 ) -> None:
     """Draining lets a running request answer (with connection: close) and refuses new ones."""
     port, state, _, srv = server
@@ -246,3 +249,62 @@ async def test_other_paths_stay_on_the_lean_path(full_server: tuple[int, list[Re
     answer = await exchange(port, b"GET /db?x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert answer.endswith(b"lean")
     assert received == []
+
+
+async def test_a_burst_of_connections_is_taken_in_one_readiness_event() -> None:
+    """Every waiting connection, up to the batch, is accepted at once; the rest next time."""
+    state = State(lambda *args: asyncio.sleep(0, Reply(200, TEXT, b"")), Limits())
+    acceptor = Acceptor(bind("127.0.0.1", 0), lambda: HttpProtocol(state))
+    address = acceptor.sock.getsockname()
+    clients = [socket.create_connection(address) for _ in range(Acceptor.BATCH + 6)]
+    try:
+        acceptor._ready()  # what one readiness event of the listening socket runs
+        await asyncio.wait_for(asyncio.gather(*acceptor.opening), 2)
+        assert len(state.connections) == Acceptor.BATCH
+        acceptor._ready()
+        await asyncio.wait_for(asyncio.gather(*acceptor.opening), 2)
+        assert len(state.connections) == Acceptor.BATCH + 6
+    finally:
+        for client in clients:
+            client.close()
+        acceptor.close()
+
+
+async def test_out_of_descriptors_pauses_accepting_instead_of_spinning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """EMFILE stops accepting for a moment, then accepting resumes by itself."""
+    state = State(lambda *args: asyncio.sleep(0, Reply(200, TEXT, b"")), Limits())
+    acceptor = Acceptor(bind("127.0.0.1", 0), lambda: HttpProtocol(state))
+    monkeypatch.setattr(Acceptor, "PAUSE", 0.05)
+    acceptor.start()
+    calls = 0
+
+    def accept() -> tuple[socket.socket, object]:
+        nonlocal calls
+        calls += 1
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    real = acceptor.sock
+    monkeypatch.setattr(acceptor, "sock", _Wrapped(real, accept))
+    client = socket.create_connection(real.getsockname())
+    try:
+        await asyncio.sleep(0.02)
+        assert calls == 1  # one failure, then no busy loop on the still-readable socket
+        monkeypatch.setattr(acceptor, "sock", real)
+        await asyncio.sleep(0.1)
+        assert len(state.connections) == 1  # resumed and accepted
+    finally:
+        client.close()
+        acceptor.close()
+
+
+class _Wrapped:
+    """A listening socket whose ``accept`` is replaced."""
+
+    def __init__(self, sock: socket.socket, accept: Callable[[], tuple[socket.socket, object]]):
+        self._sock = sock
+        self.accept = accept
+
+    def fileno(self) -> int:
+        return self._sock.fileno()

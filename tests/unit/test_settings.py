@@ -54,6 +54,13 @@ def test_database_from_environment() -> None:
         ({"PATCHBAY_DATABASES__X": "redis://h"}, "databases.x.urls:"),
         ({"PATCHBAY_DATABASES__X": "mysql://a/b,sqlite:///c"}, "all servers of one database"),
         ({"PATCHBAY_SERVER__ALLOW_NETWORKS": "nonsense"}, "server.allow_networks"),
+        ({"PATCHBAY_SQL__PIPELINE_DEPTH": "0"}, "sql.pipeline_depth: must be at least 1"),
+        ({"PATCHBAY_SQL__POOL_SIZE": "0"}, "sql.pool_size: must be at least 1"),
+        ({"PATCHBAY_SQL__PROBE_INTERVAL": "0"}, "sql.probe_interval: must be positive"),
+        (
+            {"PATCHBAY_DATABASES__X": "mysql://a/b", "PATCHBAY_SQL__FAILURES_TO_DOWN": "0"},
+            "sql.failures_to_down: must be at least 1",
+        ),
     ],
 )
 def test_bad_values_name_their_key(env: dict[str, str], message: str) -> None:

@@ -199,7 +199,7 @@ class Database:
             and shape.read
             and shape.stateless
             and not rollback
-            and pipeline.wanted()
+            and pipeline.wanted(sql)
         ):
             return await self._run_piped(server, pipeline, sql)
         generation = server.generation

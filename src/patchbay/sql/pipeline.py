@@ -29,11 +29,14 @@ import asyncio
 import collections
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
 from patchbay.sql.backends.base import Connection, ServerFailure
 from patchbay.sql.pool import Pool
 from patchbay.sql.results import Outcome
+
+# A pipelined query must fit one protocol packet (16 MB), and a character takes up to 4 bytes.
+MAX_SQL_CHARS: Final = 4_000_000
 
 
 class PipelinedConnection(Connection, Protocol):
@@ -73,9 +76,9 @@ class Pipeline:
         self.reads = 0  # reads answered through a batch
         self.resent = 0  # reads sent again after the read before them was abandoned
 
-    def wanted(self) -> bool:
+    def wanted(self, sql: str) -> bool:
         """Whether a read should join rather than wait for a connection of its own."""
-        return self.depth > 1 and self.pool.busy
+        return self.depth > 1 and self.pool.busy and len(sql) <= MAX_SQL_CHARS
 
     async def run(self, sql: str, started: Callable[[], object]) -> Outcome:
         """Run one read through the pipeline; cancelling the caller abandons the read.
@@ -140,7 +143,8 @@ class Pipeline:
             conn.send([read.sql for read in batch])
             for read in batch:
                 reading = read
-                read.started()
+                if not read.future.done():  # one given up is still read off the wire
+                    read.started()
                 outcome = await conn.receive()
                 reading = None
                 answered += 1
@@ -158,10 +162,9 @@ class Pipeline:
             return
         except Exception as exc:
             self.pool.discard(conn)
-            failure = exc if isinstance(exc, ServerFailure) else ServerFailure(str(exc), sent=True)
             for read in batch[answered:]:
                 if not read.future.done():
-                    read.future.set_exception(failure)
+                    read.future.set_exception(exc)
             return
         finally:
             for read in batch:

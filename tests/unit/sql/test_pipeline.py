@@ -10,7 +10,7 @@ import pytest
 
 from patchbay.errors import PoolExhausted
 from patchbay.sql.backends.base import ServerFailure
-from patchbay.sql.pipeline import Pipeline, PipelinedConnection
+from patchbay.sql.pipeline import MAX_SQL_CHARS, Pipeline, PipelinedConnection
 from patchbay.sql.pool import Pool
 from patchbay.sql.results import Outcome, Rows
 from patchbay.sql.statements import Shape
@@ -100,9 +100,10 @@ async def settle() -> None:
 async def test_waiting_reads_go_out_in_one_write_and_answer_in_order() -> None:
     """Reads that wait for a busy pool are written together and each gets its own answer."""
     pipeline, pool, made = make()
-    assert not pipeline.wanted()  # depth 8, but the pool has room
+    assert not pipeline.wanted("SELECT 0")  # depth 8, but the pool has room
     held = await pool.acquire()
-    assert pipeline.wanted()
+    assert pipeline.wanted("SELECT 0")
+    assert not pipeline.wanted("x" * (MAX_SQL_CHARS + 1))  # may not fit one packet
     started: list[str] = []
 
     def start(sql: str) -> Callable[[], None]:
@@ -219,4 +220,4 @@ async def test_depth_one_never_pipelines() -> None:
     """With depth 1 (the default) a read never joins, even on a busy pool."""
     pipeline, pool, _ = make(depth=1)
     await pool.acquire()
-    assert not pipeline.wanted()
+    assert not pipeline.wanted("SELECT 1")
