@@ -24,7 +24,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
@@ -372,24 +372,27 @@ class HttpProtocol(asyncio.Protocol):
 
 
 class Acceptor:
-    """Takes in every waiting connection (up to ``BATCH``) each time the socket is readable.
+    """Takes in up to ``BATCH`` waiting connections each time the listening socket is readable.
 
-    uvloop's own server does not: its libuv (since 1.45) accepts one connection per event-loop
-    iteration, and a busy iteration takes milliseconds, so a burst of new connections waited in
-    the kernel's queue. Measured: 64 connections opened at once against a loaded worker were all
-    accepted only after 0.8 s (SQLite 100-row reads; 55 ``accept`` calls, one per ``epoll``), and
-    DBSlayer's own clients open a connection per request. ``BATCH`` keeps one worker from
-    taking a whole burst from the others that share the socket.
+    uvloop's own server accepts one connection per event-loop iteration (libuv since 1.45), and
+    a busy iteration takes milliseconds, so a burst of new connections waited in the kernel's
+    queue: 64 keep-alive connections opened at once against a worker busy with SQLite 100-row
+    reads were all accepted only after 0.8 s (one ``accept`` per ``epoll``), and wrk's p99 of
+    that run was 378 ms against 37-52 ms with this class. Taking every waiting connection at
+    once overshoots the other way: with one connection per request (DBSlayer's clients),
+    accepting up to 64 at a time doubled p99 (67-86 ms against 33-44 ms), since requests then
+    queue inside the worker rather than in the kernel's first-come queue; 4 at a time kept it
+    there (35-45 ms). A small batch also leaves other workers their share of a burst.
     """
 
-    BATCH: Final = 64
+    BATCH: Final = 4
     PAUSE: Final = 0.1  # seconds to stop accepting when the process is out of descriptors
 
     def __init__(self, sock: socket.socket, factory: Callable[[], HttpProtocol]) -> None:
         self.sock = sock
         self.factory = factory
         self.loop = asyncio.get_running_loop()
-        self.opening: set[asyncio.Task[Any]] = set()
+        self.opening: set[Coroutine[Any, Any, object]] = set()  # transports being set up
         self.closed = False
 
     def start(self) -> None:
@@ -419,20 +422,31 @@ class Acceptor:
                 self.loop.remove_reader(self.sock.fileno())
                 self.loop.call_later(self.PAUSE, self._resume)
                 return
-            task = self.loop.create_task(self._open(conn))
-            self.opening.add(task)
-            task.add_done_callback(self.opening.discard)
+            self._step(self.loop.connect_accepted_socket(self.factory, conn), conn)
 
     def _resume(self) -> None:
         if not self.closed:
             self.loop.add_reader(self.sock.fileno(), self._ready)
 
-    async def _open(self, conn: socket.socket) -> None:
+    def _step(self, opening: Coroutine[Any, Any, object], conn: socket.socket) -> None:
+        """Run ``connect_accepted_socket`` without a task of its own.
+
+        Its first step makes the transport and schedules ``connection_made``, as uvloop's own
+        accept does; a task would start it one loop iteration later, and with one connection
+        per request (DBSlayer's clients) that iteration showed in p99.
+        """
         try:
-            await self.loop.connect_accepted_socket(self.factory, conn)
+            waiting = opening.send(None)
+        except StopIteration:
+            self.opening.discard(opening)
+            return
         except OSError as exc:  # the client left before its transport was set up
+            self.opening.discard(opening)
             log.debug("connection lost while opening", error=str(exc))
             conn.close()
+            return
+        self.opening.add(opening)  # a suspended coroutine that is dropped closes its transport
+        waiting.add_done_callback(lambda _: self._step(opening, conn))
 
 
 async def run_worker(settings: Settings, sock: socket.socket) -> None:
