@@ -220,23 +220,15 @@ class Database:
             self._server_failed(server, failure, generation)
             raise
         except asyncio.CancelledError:
-            if task in self._expired:
-                self._expired.discard(task)
-                task.uncancel()
-                self.timeouts += 1
+            reason = self._given_up(task, server)
+            if isinstance(reason, QueryTimeout):
                 server.pool.forget(conn)
                 await conn.abort()
-                raise QueryTimeout(
-                    f"the query ran past {self.settings.pool.query_timeout:g} s and was cancelled",
-                    database=self.name,
-                ) from None
-            server.pool.discard(conn)
-            if task in server.evicted:
-                # The server was marked down while this ran; that failure is counted already.
-                server.evicted.discard(task)
-                task.uncancel()
-                raise ServerFailure("the server went down during the request", sent=True) from None
-            raise
+            else:
+                server.pool.discard(conn)
+            if reason is None:
+                raise
+            raise reason from None
         finally:
             del self._deadlines[task]
             server.running.discard(task)
@@ -265,18 +257,10 @@ class Database:
             self._server_failed(server, failure, generation)
             raise
         except asyncio.CancelledError:
-            if task in self._expired:
-                self._expired.discard(task)
-                task.uncancel()
-                self.timeouts += 1
-                raise QueryTimeout(
-                    f"the query ran past {timeout:g} s and was cancelled", database=self.name
-                ) from None
-            if task in server.evicted:
-                server.evicted.discard(task)
-                task.uncancel()
-                raise ServerFailure("the server went down during the request", sent=True) from None
-            raise
+            reason = self._given_up(task, server)  # the runner stops the query if it was running
+            if reason is None:
+                raise
+            raise reason from None
         finally:
             deadlines.pop(task, None)
             server.running.discard(task)
@@ -284,6 +268,25 @@ class Database:
         if server.generation == generation:
             self.balancer.succeeded(server.index, self._clock())
         return outcome
+
+    def _given_up(
+        self, task: asyncio.Task[Any], server: Server
+    ) -> QueryTimeout | ServerFailure | None:
+        """Why a request was cancelled: its query timeout, its server going down, or neither."""
+        if task in self._expired:
+            self._expired.discard(task)
+            task.uncancel()
+            self.timeouts += 1
+            return QueryTimeout(
+                f"the query ran past {self.settings.pool.query_timeout:g} s and was cancelled",
+                database=self.name,
+            )
+        if task in server.evicted:
+            # The server was marked down while this ran; that failure is counted already.
+            server.evicted.discard(task)
+            task.uncancel()
+            return ServerFailure("the server went down during the request", sent=True)
+        return None
 
     async def info(self, keys: list[str]) -> dict[str, Any]:
         """Answer DBSlayer's info flags from one connection of the group."""

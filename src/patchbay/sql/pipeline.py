@@ -8,7 +8,10 @@ runs them one after another, exactly as if each had waited for the one before on
 connection, and the runner reads their outcomes in order, handing each to its request as soon
 as it arrives. Measured on MariaDB at 64 concurrent point lookups with 16 connections, this cut
 the driver's CPU per query by a quarter to a third and MariaDB's by a fifth, since one write and
-one wake-up now carry several queries (``docs/benchmarks.md``).
+one wake-up now carry several queries; through the gateway, point lookups gained 8-15 %
+throughput. But p99 grew 2-3x: the queue moves from the pool's first-come order into the
+server's connection threads, which the kernel schedules unevenly. So it is off unless
+``pipeline_depth`` is over 1 (``docs/benchmarks.md``).
 
 What can go wrong, and what happens:
 
@@ -29,6 +32,7 @@ import asyncio
 import collections
 import contextlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 from patchbay.sql.backends.base import Connection, ServerFailure
@@ -51,15 +55,11 @@ class PipelinedConnection(Connection, Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
 class _Read:
-    __slots__ = ("future", "sql", "started")
-
-    def __init__(
-        self, sql: str, started: Callable[[], object], future: asyncio.Future[Outcome]
-    ) -> None:
-        self.sql = sql
-        self.started = started
-        self.future = future
+    sql: str
+    started: Callable[[], object]
+    future: asyncio.Future[Outcome]
 
 
 class Pipeline:
