@@ -1,8 +1,8 @@
 """The SQLite job store's writer: a process of its own that makes every write and commit.
 
-``SqliteStore`` (``patchbay.jobs.sqlite``) starts one per open store (``python -m
-patchbay.jobs.sqlite_writer``) and talks to it over a socket pair: it sends each operation the
-moment it is made, and the writer answers each group it committed with one frame of outcomes.
+``SqliteStore`` (``patchbay.jobs.sqlite``) starts one per open store (a Python that runs
+``main``) and talks to it over a socket pair: it sends each operation the moment it is made,
+and the writer answers each group it committed with one frame of outcomes.
 
 - **Why a process, not a thread.** Every ``sqlite3`` call gives up the GIL while SQLite works
   and must take it back afterwards. Under load the event loop holds the GIL almost all the
@@ -744,11 +744,6 @@ class _Checkpointer:
 def _transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
     """Run ``fn`` between ``BEGIN IMMEDIATE`` and ``COMMIT``; roll back if anything fails."""
     conn.execute("BEGIN IMMEDIATE")
-    return _finish_transaction(conn, fn)
-
-
-def _finish_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-    """Run ``fn`` in the transaction already open, then ``COMMIT``; roll back on failure."""
     try:
         result = fn(conn)
         conn.execute("COMMIT")
