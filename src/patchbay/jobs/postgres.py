@@ -48,6 +48,7 @@ import hashlib
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Final
 
 import asyncpg
@@ -63,7 +64,7 @@ from patchbay.jobs.model import (
     Status,
     StoredMessage,
 )
-from patchbay.jobs.store import QueuedPut, QueuedSuccess, Row, StoreUnavailable, Value
+from patchbay.jobs.store import Row, StoreUnavailable, Value, check_budget
 
 MAX_BATCH: Final = 1024
 IDENTIFIER: Final = re.compile(r"[a-z_][a-z0-9_]{0,47}")
@@ -395,7 +396,7 @@ class PostgresStore:
 
     async def take(self, bucket: str, limit: int, window: float) -> float:
         """Spend one call from a sliding-window budget (see ``Store.take``)."""
-        _check_budget(limit, window)
+        check_budget(limit, window)
         now = self.clock()
         # A call made at ``at`` is in the window while ``at > horizon``; ``at - horizon`` is then
         # its time left, and positive even after rounding, unlike ``at + window - now``.
@@ -684,9 +685,23 @@ def _advisory_key(name: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def _check_budget(limit: int, window: float) -> None:
-    if limit < 1 or not window > 0:
-        raise ValueError(f"a budget needs limit >= 1 and window > 0, not {limit} per {window}")
+@dataclass(slots=True)
+class QueuedPut:
+    """A put waiting for the next group commit, and the future its caller awaits."""
+
+    row: Row
+    future: asyncio.Future[Put]
+
+
+@dataclass(slots=True)
+class QueuedSuccess:
+    """A ``succeed`` waiting for the next batch, and the future its caller awaits."""
+
+    job_id: int
+    owner: str
+    attempt: int | None
+    now: float
+    future: asyncio.Future[bool]
 
 
 class _Statements:

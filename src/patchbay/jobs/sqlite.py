@@ -68,7 +68,7 @@ from patchbay.jobs.sqlite_writer import (
     SucceedOp,
     pack,
 )
-from patchbay.jobs.store import Row, StoreUnavailable, Value
+from patchbay.jobs.store import Row, StoreUnavailable, Value, check_budget
 
 __all__ = ["SCHEMA", "SqliteStore"]
 
@@ -305,7 +305,7 @@ class SqliteStore:
 
     async def take(self, bucket: str, limit: int, window: float) -> float:
         """Spend one call from a sliding-window budget (see ``Store.take``)."""
-        _check_budget(limit, window)
+        check_budget(limit, window)
         now = self.clock()
         # A call made at ``at`` is in the window while ``at > horizon``; ``at - horizon`` is then
         # its time left, and positive even after rounding, unlike ``at + window - now``.
@@ -445,11 +445,6 @@ class _Link(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.store._lost(self, exc)
-
-
-def _check_budget(limit: int, window: float) -> None:
-    if limit < 1 or not window > 0:
-        raise ValueError(f"a budget needs limit >= 1 and window > 0, not {limit} per {window}")
 
 
 def _held(job_id: int, owner: str, attempt: int | None) -> dict[str, Any]:

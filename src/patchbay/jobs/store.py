@@ -8,7 +8,6 @@ expired and another owner claimed the job), and change nothing then.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -167,23 +166,10 @@ class Row:
         )
 
 
-@dataclass(slots=True)
-class QueuedPut:
-    """A put waiting for the next group commit, and the future its caller awaits."""
-
-    row: Row
-    future: asyncio.Future[Put]
-
-
-@dataclass(slots=True)
-class QueuedSuccess:
-    """A ``succeed`` waiting for the next batch, and the future its caller awaits."""
-
-    job_id: int
-    owner: str
-    attempt: int | None
-    now: float
-    future: asyncio.Future[bool]
+def check_budget(limit: int, window: float) -> None:
+    """Refuse a budget that ``Store.take`` cannot honour."""
+    if limit < 1 or not window > 0:
+        raise ValueError(f"a budget needs limit >= 1 and window > 0, not {limit} per {window}")
 
 
 def connect(url: str, *, clock: Callable[[], float] = time.time) -> Store:
