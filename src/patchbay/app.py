@@ -10,6 +10,7 @@ test clients and other servers). No framework sits on the ``/db`` path: a framew
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import os
@@ -30,6 +31,7 @@ from patchbay.http import TEXT, Reply, Request, error_reply
 from patchbay.jobs.store import Store, connect
 from patchbay.push.client import Sender
 from patchbay.push.gateway import PushGateway
+from patchbay.rollup import merge
 from patchbay.settings import Settings, redact_url
 from patchbay.sql import routes
 from patchbay.sql.gateway import Database
@@ -47,6 +49,7 @@ JSON = b"application/json"
 OPEN_PATHS = frozenset({"/livez", "/readyz"})
 PUSH_BODY_LIMIT = 16 * 1024 * 1024  # 100,000 tokens of about 160 bytes, and the message
 STATS_FILE = "PATCHBAY_STATS_FILE"  # set by `patchbay serve` for every worker it starts
+PUBLISH_EVERY = 1.0  # seconds between two snapshots of a worker's counters, for /v1/stats
 
 
 class App:
@@ -71,6 +74,7 @@ class App:
             ipaddress.ip_network(n, strict=False) for n in settings.server.allow_networks
         ]
         self.ready = False
+        self._publisher: asyncio.Task[None] | None = None
         self.store: Store | None = None
         self.hooks: Hooks | None = None
         self.push: PushGateway | None = None
@@ -116,11 +120,26 @@ class App:
             self.push.start()
         if self.crm is not None:
             self.crm.start()
+        if self.settings.server.workers > 1:
+            self._publisher = asyncio.create_task(self._publish())
         self.ready = True
+
+    async def _publish(self) -> None:
+        """Share this worker's counters with the others, for their ``/v1/stats``."""
+        while True:
+            try:
+                self.stats.publish(orjson.dumps(self.worker_stats()))
+            except ValueError as exc:  # too many databases or sources for one snapshot
+                log.warning("stats snapshot not shared", error=str(exc))
+            await asyncio.sleep(PUBLISH_EVERY)
 
     async def stop(self) -> None:
         """Stop the dispatcher, close every pool and store, release this process's stats slot."""
         self.ready = False
+        if self._publisher is not None:
+            self._publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._publisher
         if self.hooks is not None:
             await self.hooks.stop(self.settings.server.drain_timeout / 2)
         if self.push is not None:
@@ -305,10 +324,20 @@ class App:
         return Reply(404, TEXT, b"Not Found")
 
     def rich_stats(self) -> dict[str, Any]:
-        """Patchbay's own counters (``/v1/stats``)."""
+        """Patchbay's own counters (``/v1/stats``), every worker's added up."""
+        others = self.stats.snapshots()
+        merged: dict[str, Any] = merge([self.worker_stats(), *(doc for _, doc in others)])
+        merged["pid"] = os.getpid()  # the worker that answered
+        merged["workers"] = [{"pid": os.getpid(), "snapshot_age_seconds": 0.0}] + [
+            {"pid": doc.get("pid"), "snapshot_age_seconds": round(age, 3)} for age, doc in others
+        ]
+        return merged
+
+    def worker_stats(self) -> dict[str, Any]:
+        """The counters of the worker that runs this App, alone."""
         return {
             "uptime_seconds": round(time.time() - self.started, 3),
-            "pid": os.getpid(),  # counters below are this worker's; /stats counts every worker
+            "pid": os.getpid(),
             "total_requests": self.stats.total_requests,
             "databases": {name: db.stats() for name, db in self.databases.items()},
             **({"webhooks": self.hooks.stats.summary()} if self.hooks is not None else {}),

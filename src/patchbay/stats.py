@@ -12,10 +12,17 @@ carries on its counts) and is the only writer of that slot, so the hot path take
 reader sums the slots and merges their rings by time. A torn log entry (read while being
 written) fails to decode and is skipped. Without a file (tests, one process) the mapping is
 anonymous memory. The clock is injected.
+
+Each slot also holds its worker's latest *snapshot*: the JSON of its own ``/v1/stats`` counters,
+which it publishes every second, so that the worker answering ``/v1/stats`` can add up the
+others' (``rollup.py``). A snapshot is written under a sequence number that is odd while it is
+being written (a seqlock); a reader that sees it change reads again. Only slots whose lock is
+still held count, so a dead worker's last snapshot is ignored.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import mmap
 import os
@@ -34,6 +41,8 @@ _HEADER = struct.Struct("<8sQ")  # magic, start time
 _COUNTERS = struct.Struct("<QQQ")  # total requests, log writes, error writes
 _BUCKET = struct.Struct("<QQ")  # bucket start, hits
 _ENTRY_HEAD = struct.Struct("<QH")  # time in ns (0: empty), length
+_SNAPSHOT_HEAD = struct.Struct("<QQQ")  # sequence (odd: being written), time in ns, length
+SNAPSHOT: Final = 64 * 1024  # bytes per worker snapshot, header included
 MAGIC: Final = b"PBSTATS1"
 
 
@@ -51,21 +60,26 @@ class Stats:
         self.width = width
         self.count = count
         self.clock = clock
-        self._slot_size = _COUNTERS.size + count * _BUCKET.size + 2 * RING * ENTRY
+        self._slot_size = _COUNTERS.size + count * _BUCKET.size + 2 * RING * ENTRY + SNAPSHOT
         size = _HEADER.size + SLOTS * self._slot_size
         self._lock_fd: int | None = None
+        self._slots_dir: Path | None = None
         if path is None:
             self._map = mmap.mmap(-1, size)
             _HEADER.pack_into(self._map, 0, MAGIC, int(clock()))
             self._slot = 0
         else:
             self._map = _open(Path(path), size, int(clock()))
-            self._lock_fd, self._slot = _claim(Path(str(path) + ".slots"))
+            self._slots_dir = Path(str(path) + ".slots")
+            self._lock_fd, self._slot = _claim(self._slots_dir)
         self.start = _HEADER.unpack_from(self._map, 0)[1]
         self._base = _HEADER.size + self._slot * self._slot_size
+        # A slot taken over from a dead worker still holds that worker's last snapshot.
+        _SNAPSHOT_HEAD.pack_into(self._map, self._snapshot_at(self._slot), 0, 0, 0)
 
     def close(self) -> None:
-        """Release the slot."""
+        """Withdraw this process's snapshot and release the slot."""
+        _SNAPSHOT_HEAD.pack_into(self._map, self._snapshot_at(self._slot), 0, 0, 0)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -136,6 +150,58 @@ class Stats:
             + self.count * _BUCKET.size
             + ring * RING * ENTRY
         )
+
+    def _snapshot_at(self, slot: int) -> int:
+        return _HEADER.size + (slot + 1) * self._slot_size - SNAPSHOT
+
+    def publish(self, body: bytes) -> None:
+        """Make ``body`` (JSON) this process's snapshot; too large a body raises ValueError."""
+        if len(body) > SNAPSHOT - _SNAPSHOT_HEAD.size:
+            raise ValueError(f"a stats snapshot of {len(body)} bytes does not fit")
+        at = self._snapshot_at(self._slot)
+        sequence = _SNAPSHOT_HEAD.unpack_from(self._map, at)[0] | 1  # odd from here on
+        _SNAPSHOT_HEAD.pack_into(self._map, at, sequence, 0, 0)
+        start = at + _SNAPSHOT_HEAD.size
+        self._map[start : start + len(body)] = body
+        now_ns = time.time_ns() if self.clock is time.time else int(self.clock() * 1e9)
+        _SNAPSHOT_HEAD.pack_into(self._map, at, sequence + 1, now_ns, len(body))
+
+    def snapshots(self) -> list[tuple[float, Any]]:
+        """The other live processes' snapshots, each with its age in seconds."""
+        found: list[tuple[float, Any]] = []
+        for slot in range(SLOTS):
+            if slot == self._slot:
+                continue
+            at = self._snapshot_at(slot)
+            if not _SNAPSHOT_HEAD.unpack_from(self._map, at)[1] or not self._alive(slot):
+                continue
+            for _ in range(3):  # a snapshot being rewritten is read again
+                sequence, stamp, length = _SNAPSHOT_HEAD.unpack_from(self._map, at)
+                if sequence % 2 or not stamp:
+                    continue
+                raw = self._map[at + _SNAPSHOT_HEAD.size : at + _SNAPSHOT_HEAD.size + length]
+                if _SNAPSHOT_HEAD.unpack_from(self._map, at)[0] != sequence:
+                    continue
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    found.append((max(0.0, self.clock() - stamp / 1e9), orjson.loads(raw)))
+                break
+        return found
+
+    def _alive(self, slot: int) -> bool:
+        """Whether the slot's process still holds its lock (it does not when it died)."""
+        if self._slots_dir is None:
+            return False
+        try:
+            fd = os.open(self._slots_dir / f"{slot}.lock", os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)  # closing drops the lock, if we got it
+        return False
 
     def _used_slots(self) -> list[int]:
         return [
@@ -244,6 +310,15 @@ class Histogram:
         self.counts = [0] * self.BUCKETS
         self.total = 0
 
+    @classmethod
+    def of(cls, counts: list[int]) -> Histogram:
+        """The histogram with these bucket counts (as ``summary()["counts"]`` gives them)."""
+        histogram = cls()
+        for i, n in enumerate(counts[: cls.BUCKETS]):
+            histogram.counts[i] = n
+        histogram.total = sum(histogram.counts)
+        return histogram
+
     def record(self, seconds: float) -> None:
         """Count one latency."""
         micros = int(seconds * 1e6)
@@ -262,11 +337,17 @@ class Histogram:
                 return (1 << i) / 1000
         return (1 << (self.BUCKETS - 1)) / 1000
 
-    def summary(self) -> dict[str, float | None]:
-        """p50, p90, p99 and p99.9 in milliseconds (upper bounds of their buckets)."""
+    def summary(self) -> dict[str, Any]:
+        """p50, p90, p99 and p99.9 in ms (upper bounds of their buckets), and the counts.
+
+        ``counts[i]`` is how many latencies fell under ``2**i`` µs (and at or over half that),
+        trailing empty buckets left out: enough to add histograms up (``rollup.py``).
+        """
+        used = max((i + 1 for i, n in enumerate(self.counts) if n), default=0)
         return {
             "p50_ms": self.percentile(0.5),
             "p90_ms": self.percentile(0.9),
             "p99_ms": self.percentile(0.99),
             "p999_ms": self.percentile(0.999),
+            "counts": self.counts[:used],
         }

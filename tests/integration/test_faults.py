@@ -10,6 +10,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import orjson
@@ -256,6 +257,26 @@ def test_stats_count_every_worker(serve: Start) -> None:
     assert log[-1]["request"] == "GET /stats HTTP/1.0"
     errors = orjson.loads(server.get("/stats/error").content)
     assert len(errors) == 20
+
+
+def test_v1_stats_add_every_worker_up(serve: Start) -> None:
+    """With --workers 2, /v1/stats counts every worker's queries, whichever worker answers."""
+    server = serve(["--workers", "2"])
+    for _ in range(30):
+        still_serving(server)
+    whole: dict[int, dict[str, Any]] = {}  # by the pid that answered
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(whole) < 2:  # snapshots are shared every second
+        stats = orjson.loads(server.get("/v1/stats").content)
+        if len(stats["workers"]) == 2 and stats["databases"]["demo"]["requests"] == 30:
+            whole[stats["pid"]] = stats
+        time.sleep(0.1)
+    assert len(whole) == 2, "both workers did not answer with the whole server's count"
+    for stats in whole.values():
+        demo = stats["databases"]["demo"]
+        assert sum(demo["latency"]["counts"]) == 30
+        assert demo["servers"][0]["pool"]["size"] == 2 * 16
+        assert {w["pid"] for w in stats["workers"]} == set(whole)
 
 
 def test_sigterm_drains_in_flight_requests(serve: Start, mysql_url: str) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
+import pytest
+
 from patchbay.stats import Stats
 
 
@@ -114,6 +116,74 @@ def test_processes_sharing_a_file_count_as_one_server(tmp_path: Path) -> None:
     record(later)
     assert reader.total_requests == 94
     assert reader.start == later.start
+
+
+def _publish_and_exit(path: str) -> None:
+    Stats(path).publish(b'{"requests": 5}')  # dies without close(): its lock goes with it
+
+
+def test_snapshots_come_from_live_slots_only(tmp_path: Path) -> None:
+    """Snapshots of other live processes are read; a closed or dead one's are not."""
+    clock = Clock(1000.0)
+    path = str(tmp_path / "stats")
+    me, other, gone = Stats(path, clock=clock), Stats(path, clock=clock), Stats(path, clock=clock)
+    me.publish(b'{"requests": 1}')
+    other.publish(b'{"requests": 2}')
+    other.publish(b'{"requests": 3}')  # the latest wins
+    gone.publish(b'{"requests": 4}')
+    gone.close()
+    process = multiprocessing.get_context("spawn").Process(target=_publish_and_exit, args=(path,))
+    process.start()
+    process.join(30)
+    assert process.exitcode == 0
+    later = Stats(path, clock=clock)  # takes over the dead process's slot, publishes nothing yet
+    clock.now = 1002.5
+    assert me.snapshots() == [(2.5, {"requests": 3})]
+    assert other.snapshots() == [(2.5, {"requests": 1})]
+    assert later.snapshots() == [(2.5, {"requests": 1}), (2.5, {"requests": 3})]
+
+
+def test_a_snapshot_being_written_is_not_read(tmp_path: Path) -> None:
+    """While a snapshot's sequence number is odd (mid-write), readers skip it."""
+    from patchbay.stats import _SNAPSHOT_HEAD
+
+    path = str(tmp_path / "stats")
+    me, other = Stats(path), Stats(path)
+    other.publish(b'{"requests": 2}')
+    at = other._snapshot_at(other._slot)
+    sequence, stamp, length = _SNAPSHOT_HEAD.unpack_from(other._map, at)
+    _SNAPSHOT_HEAD.pack_into(other._map, at, sequence + 1, stamp, length)
+    assert me.snapshots() == []
+    _SNAPSHOT_HEAD.pack_into(other._map, at, sequence + 2, stamp, length)
+    assert [doc for _, doc in me.snapshots()] == [{"requests": 2}]
+
+
+def test_a_snapshot_too_large_is_refused() -> None:
+    """A snapshot that would not fit its slot raises instead of spilling into the next."""
+    from patchbay.stats import SNAPSHOT
+
+    with pytest.raises(ValueError, match="does not fit"):
+        Stats().publish(b" " * SNAPSHOT)
+
+
+def test_one_process_has_no_other_snapshots() -> None:
+    """Without a shared file there is no one else to read."""
+    stats = Stats()
+    stats.publish(b"{}")
+    assert stats.snapshots() == []
+
+
+def test_histogram_of_its_counts_is_the_same_histogram() -> None:
+    """``Histogram.of(summary()["counts"])`` rebuilds the histogram, empty buckets left out."""
+    from patchbay.stats import Histogram
+
+    histogram = Histogram()
+    for seconds in (0.000001, 0.0003, 0.0003, 0.02):
+        histogram.record(seconds)
+    counts = histogram.summary()["counts"]
+    assert len(counts) == 16 and sum(counts) == 4  # 20,000 µs: bucket 15, under 2**15
+    assert Histogram.of(counts).summary() == histogram.summary()
+    assert Histogram().summary()["counts"] == []
 
 
 def test_histogram_percentiles_bound_the_true_value() -> None:
