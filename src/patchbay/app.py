@@ -28,6 +28,7 @@ from patchbay.crm.client import CrmClient
 from patchbay.crm.gateway import CrmGateway
 from patchbay.errors import Forbidden, NotFound, PatchbayError, StoreUnavailable, Unauthorized
 from patchbay.http import TEXT, Reply, Request, error_reply
+from patchbay.jobs.retention import Retention
 from patchbay.jobs.store import Store, connect
 from patchbay.push.client import Sender
 from patchbay.push.gateway import PushGateway
@@ -75,6 +76,7 @@ class App:
         ]
         self.ready = False
         self._publisher: asyncio.Task[None] | None = None
+        self.retention: Retention | None = None
         self.store: Store | None = None
         self.hooks: Hooks | None = None
         self.push: PushGateway | None = None
@@ -122,6 +124,9 @@ class App:
             self.crm.start()
         if self.settings.server.workers > 1:
             self._publisher = asyncio.create_task(self._publish())
+        if self.store is not None and self.settings.jobs.retention_days:
+            self.retention = Retention(self.store, self.settings.jobs.retention_days)
+            self.retention.start()
         self.ready = True
 
     async def _publish(self) -> None:
@@ -146,6 +151,8 @@ class App:
             await self.push.stop(self.settings.server.drain_timeout / 2)
         if self.crm is not None:
             await self.crm.stop(self.settings.server.drain_timeout / 2)
+        if self.retention is not None:
+            await self.retention.stop()
         if self.store is not None:
             await self.store.close()
         for database in self.databases.values():

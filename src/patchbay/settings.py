@@ -18,7 +18,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Final, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
 from patchbay.errors import ConfigError
@@ -89,6 +89,9 @@ class DatabaseSettings:
         return backend_kind(self.urls[0])
 
 
+MIN_RETENTION_DAYS: Final = 7
+
+
 @dataclass(frozen=True, slots=True)
 class JobsSettings:
     """The durable job store that the webhook inbox (and later push and CRM sends) use."""
@@ -96,6 +99,8 @@ class JobsSettings:
     store: str = ""  # sqlite:///path or postgresql://...; empty: SQLite in the state directory
     lease: float = 60.0  # seconds a claimed job stays leased before another worker may take it
     poll_interval: float = 0.5  # how often idle workers look for work other processes added
+    # Days a message is kept once its jobs have ended (0: forever); see jobs/retention.py.
+    retention_days: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +291,14 @@ def _build(raw: dict[str, Any]) -> Settings:
         "postgres",
     ):
         raise ConfigError("jobs.store: expected sqlite:///path or postgresql://...")
+    for key in ("lease", "poll_interval"):
+        if not getattr(jobs, key) > 0:
+            raise ConfigError(f"jobs.{key}: must be more than 0")
+    if jobs.retention_days != 0 and not jobs.retention_days >= MIN_RETENTION_DAYS:
+        raise ConfigError(
+            f"jobs.retention_days: 0 (keep everything) or at least {MIN_RETENTION_DAYS}, longer"
+            " than senders redeliver (GitHub: 7 days), or a redelivery would be taken as new"
+        )
     webhooks = _webhooks(raw.get("webhooks", {}))
     crm = _crm(raw.get("crm", {}), webhooks)
     return Settings(

@@ -201,6 +201,15 @@ def test_a_new_user_story(serve: Start, tmp_path: Path) -> None:
     assert live["pull_request.opened"]["received"] == 1
     assert live["issues.opened"]["dead"] == 1
 
+    kept = cli(tmp_path, "hooks", "purge", "--config", str(config), "--older-than", "1h")
+    assert kept.stdout.strip() == "0 deliveries purged"
+    purged = cli(tmp_path, "hooks", "purge", "--config", str(config), "--older-than", "0s")
+    assert purged.stdout.strip() == "2 deliveries purged"  # both runs' deliveries had ended
+    stats = json.loads(cli(tmp_path, "hooks", "stats", "--config", str(config), "--json").stdout)
+    assert stats == {"pending": 0, "running": 0, "succeeded": 0, "dead": 0}
+    bad = cli(tmp_path, "hooks", "purge", "--config", str(config), "--older-than", "soon")
+    assert bad.returncode != 0 and "is not a duration" in bad.stderr
+
 
 def test_retry_runs_only_the_failed_handler(serve: Start, tmp_path: Path) -> None:
     """A handler failing on its first attempt succeeds on retry; its sibling runs exactly once."""

@@ -57,6 +57,10 @@ def test_database_from_environment() -> None:
         ({"PATCHBAY_SQL__PIPELINE_DEPTH": "0"}, "sql.pipeline_depth: must be at least 1"),
         ({"PATCHBAY_SQL__POOL_SIZE": "0"}, "sql.pool_size: must be at least 1"),
         ({"PATCHBAY_SQL__PROBE_INTERVAL": "0"}, "sql.probe_interval: must be positive"),
+        ({"PATCHBAY_JOBS__RETENTION_DAYS": "3"}, "jobs.retention_days: 0 (keep everything) or"),
+        ({"PATCHBAY_JOBS__RETENTION_DAYS": "-1"}, "jobs.retention_days: must not be negative"),
+        ({"PATCHBAY_JOBS__LEASE": "0"}, "jobs.lease: must be more than 0"),
+        ({"PATCHBAY_JOBS__POLL_INTERVAL": "0"}, "jobs.poll_interval: must be more than 0"),
         (
             {"PATCHBAY_DATABASES__X": "mysql://a/b", "PATCHBAY_SQL__FAILURES_TO_DOWN": "0"},
             "sql.failures_to_down: must be at least 1",
@@ -67,6 +71,13 @@ def test_bad_values_name_their_key(env: dict[str, str], message: str) -> None:
     """A bad setting is refused with a message that names the key."""
     with pytest.raises(ConfigError, match=re.escape(message)):
         load(env=env)
+
+
+def test_retention_defaults_to_30_days_and_0_keeps_everything() -> None:
+    """Ended messages are kept 30 days unless told otherwise; 0 turns the purge off."""
+    assert load(env={}).jobs.retention_days == 30
+    assert load(env={"PATCHBAY_JOBS__RETENTION_DAYS": "0"}).jobs.retention_days == 0
+    assert load(env={"PATCHBAY_JOBS__RETENTION_DAYS": "7"}).jobs.retention_days == 7
 
 
 def test_broken_toml_is_a_config_error(tmp_path: Path) -> None:

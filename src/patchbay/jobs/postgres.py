@@ -64,7 +64,7 @@ from patchbay.jobs.model import (
     Status,
     StoredMessage,
 )
-from patchbay.jobs.store import Row, StoreUnavailable, Value, check_budget
+from patchbay.jobs.store import PURGE_BATCH, Row, StoreUnavailable, Value, check_budget
 
 MAX_BATCH: Final = 1024
 IDENTIFIER: Final = re.compile(r"[a-z_][a-z0-9_]{0,47}")
@@ -326,6 +326,19 @@ class PostgresStore:
         with translated("drop"):
             status = await pool.execute(self._sql.drop.format(where=where), *args)
         return _affected(status)
+
+    async def purge(self, before: float, *, batch: int = PURGE_BATCH) -> int:
+        """Delete old messages whose jobs have all ended (see ``Store.purge``)."""
+        pool = self._open_pool()
+        total, start = 0, 0
+        while True:  # one short statement per window
+            with translated("purge"):
+                row = await pool.fetchrow(self._sql.purge, start, batch, before)
+            assert row is not None  # an aggregate always answers one row
+            total += row["deleted"]
+            if row["seen"] < batch or row["newer"]:
+                return int(total)
+            start = row["last"] + 1
 
     async def jobs(self, selection: Selection, *, limit: int = 100) -> list[Job]:
         """The selected jobs, newest first."""
@@ -930,6 +943,24 @@ SELECT queue, count(*) AS n, pg_notify($3, queue) AS notified FROM replayed GROU
         self.drop = f"""
 DELETE FROM {s}.jobs AS j USING {s}.messages AS m
 WHERE m.id = j.message_id AND j.status <> 'running' AND {{where}}
+"""
+        # A job replayed meanwhile keeps its message: the jobs delete skips it (it re-reads a
+        # changed row), so the messages delete breaks the foreign key and nothing is deleted.
+        self.purge = f"""
+WITH batch AS (
+    SELECT id, created_at FROM {s}.messages WHERE id >= $1 ORDER BY id LIMIT $2
+), doomed AS (
+    SELECT b.id FROM batch AS b WHERE b.created_at < $3 AND NOT EXISTS (
+        SELECT 1 FROM {s}.jobs AS j WHERE j.message_id = b.id AND j.status IN {ACTIVE})
+), gone_jobs AS (
+    DELETE FROM {s}.jobs WHERE message_id IN (SELECT id FROM doomed)
+        AND status NOT IN {ACTIVE}
+), gone AS (
+    DELETE FROM {s}.messages WHERE id IN (SELECT id FROM doomed) RETURNING id
+)
+SELECT (SELECT count(*) FROM gone) AS deleted, (SELECT count(*) FROM batch) AS seen,
+    (SELECT max(id) FROM batch) AS last,
+    (SELECT coalesce(bool_or(created_at >= $3), false) FROM batch) AS newer
 """
         self.jobs = f"""
 SELECT {job_columns} FROM {s}.jobs AS j JOIN {s}.messages AS m ON m.id = j.message_id

@@ -68,7 +68,7 @@ from patchbay.jobs.sqlite_writer import (
     SucceedOp,
     pack,
 )
-from patchbay.jobs.store import Row, StoreUnavailable, Value, check_budget
+from patchbay.jobs.store import PURGE_BATCH, Row, StoreUnavailable, Value, check_budget
 
 __all__ = ["SCHEMA", "SqliteStore"]
 
@@ -239,6 +239,14 @@ class SqliteStore:
             f" (SELECT j.id FROM jobs AS j JOIN messages AS m ON m.id = j.message_id WHERE {where})"
         )
         return int(await self._write("execute", sql, args, "rowcount"))
+
+    async def purge(self, before: float, *, batch: int = PURGE_BATCH) -> int:
+        """Delete old messages whose jobs have all ended (see ``Store.purge``)."""
+        total, start = 0, 0
+        while start is not None:  # one writer call per window, so puts interleave
+            deleted, start = await self._write("purge", start, batch, before)
+            total += deleted
+        return int(total)
 
     async def jobs(self, selection: Selection, *, limit: int = 100) -> list[Job]:
         """The selected jobs, newest first."""

@@ -468,6 +468,24 @@ def _pick(conn: sqlite3.Connection, args: dict[str, Any]) -> str | None:
     return str(ids)
 
 
+def _purge(
+    conn: sqlite3.Connection, start: int, batch: int, before: float
+) -> tuple[int, int | None]:
+    """One window of ``SqliteStore.purge``: the ``batch`` messages from id ``start`` on.
+
+    Returns how many messages went and where the next window starts, None when the window
+    reached messages stored after ``before`` (ids grow with time) or the end.
+    """
+    rows = conn.execute(PURGE_WINDOW, (start, batch)).fetchall()
+    if not rows:
+        return 0, None
+    args = (start, rows[-1][0], before)
+    conn.execute(f"DELETE FROM jobs WHERE message_id IN ({PURGEABLE})", args)
+    deleted = conn.execute(f"DELETE FROM messages WHERE id IN ({PURGEABLE})", args).rowcount
+    done = len(rows) < batch or any(created_at >= before for _, created_at in rows)
+    return deleted, None if done else rows[-1][0] + 1
+
+
 def _set_value(conn: sqlite3.Connection, now: float, args: tuple[Any, ...]) -> None:
     # Expired values are dropped here, so keys that are never set again do not pile up.
     conn.execute("DELETE FROM kv WHERE expires_at <= ?", (now,))
@@ -493,6 +511,7 @@ CALLS: Final[Mapping[str, Callable[..., Any]]] = {
     "pick": _pick,
     "set_value": _set_value,
     "take": _take,
+    "purge": _purge,
     "nothing": _nothing,
 }
 
@@ -562,6 +581,13 @@ CREATE TABLE IF NOT EXISTS calls (
     at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS calls_bucket ON calls (bucket, at);
+"""
+
+PURGE_WINDOW: Final = "SELECT id, created_at FROM messages WHERE id >= ? ORDER BY id LIMIT ?"
+# The messages of a window (ids from ? to ?) stored before ? that no job still waits on.
+PURGEABLE: Final = f"""
+SELECT m.id FROM messages AS m WHERE m.id BETWEEN ? AND ? AND m.created_at < ?
+    AND NOT EXISTS (SELECT 1 FROM jobs AS j WHERE j.message_id = m.id AND j.status IN {ACTIVE})
 """
 
 JOB_COLUMNS: Final = (

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Final, Protocol
 
 import orjson
 
@@ -27,6 +27,8 @@ from patchbay.jobs.model import (
     Status,
     StoredMessage,
 )
+
+PURGE_BATCH: Final = 500  # messages looked at per purge transaction
 
 
 class Store(Protocol):
@@ -80,6 +82,15 @@ class Store(Protocol):
 
     async def drop(self, selection: Selection) -> int:
         """Delete the selected jobs that are not running; return how many."""
+
+    async def purge(self, before: float, *, batch: int = PURGE_BATCH) -> int:
+        """Delete the messages stored before ``before`` whose jobs have all ended; return how many.
+
+        Their jobs (succeeded or dead) go with them; a message with a pending or running job
+        stays. The store works through the oldest messages ``batch`` at a time, each batch its
+        own short transaction, so that intake never waits for a long delete. A purged message's
+        key can be stored again: keep messages longer than any sender's redelivery window.
+        """
 
     async def jobs(self, selection: Selection, *, limit: int = 100) -> list[Job]:
         """The selected jobs, newest first."""

@@ -35,7 +35,7 @@ CONTEXT = {"help_option_names": ["--help"]}
 
 @click.group(context_settings=CONTEXT)
 def hooks() -> None:
-    """Webhooks: send signed test deliveries; list, replay and drop handler runs."""
+    """Webhooks: send signed test deliveries; list, replay and drop handler runs; purge."""
 
 
 @hooks.command(context_settings=CONTEXT)
@@ -259,6 +259,26 @@ def stats(config_file: str | None, as_json: bool) -> None:
         return
     for status in Status:
         click.echo(f"{status.value:<10} {counts.get(status, 0)}")
+
+
+@hooks.command(context_settings=CONTEXT)
+@_config_option
+@click.option(
+    "--older-than",
+    "older_than",
+    required=True,
+    help="Age, like 30d or 12h: deliveries stored before then go.",
+)
+def purge(config_file: str | None, older_than: str) -> None:
+    """Delete old deliveries whose runs have all ended, with those runs.
+
+    The whole job store is purged the same way (push messages and CRM uploads too); deliveries
+    with a pending or running run stay. The server does this by itself every hour, for what is
+    older than ``[jobs] retention_days``. A purged delivery's id is accepted again if resent.
+    """
+    before = time.time() - _seconds(older_than, "--older-than")
+    count = _with_store(config_file, lambda store: store.purge(before))
+    click.echo(f"{count} deliver{'ies' if count != 1 else 'y'} purged")
 
 
 def _seconds(text: str, flag: str) -> float:

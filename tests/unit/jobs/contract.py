@@ -498,6 +498,52 @@ class StoreContract:
         counts = await store.counts()
         assert counts == {Status.PENDING: 0, Status.RUNNING: 1, Status.SUCCEEDED: 0, Status.DEAD: 0}
 
+    async def test_purge_deletes_old_messages_whose_jobs_ended(
+        self, store: Store, clock: FakeClock
+    ) -> None:
+        """Purge takes old messages with only ended jobs (or none); waiting and new ones stay."""
+        done = (await store.put(message("done"))).message_id
+        (claim,) = await store.claim("q", "w", limit=1, lease=LEASE)
+        assert await store.succeed(claim.job.id, "w")
+        dead = (await store.put(message("dead"))).message_id
+        await kill(store, dead)
+        bare = (
+            await store.put(Message(stream="orders", key="bare", body=b"{}", meta={}))
+        ).message_id
+        pending = (await store.put(message("pending"))).message_id
+        running = (await store.put(message("running", job(queue="r")))).message_id
+        assert await claim_ids(store, queue="r") == [running]
+        mixed = (await store.put(message("mixed", job("a"), job("b", delay=3600)))).message_id
+        clock.advance(10)
+        cutoff = clock.now
+        clock.advance(10)
+        new = (await store.put(message("new"))).message_id
+        (claim,) = [
+            c for c in await store.claim("q", "w", limit=100, lease=LEASE) if c.message.id == new
+        ]
+        assert await store.succeed(claim.job.id, "w")
+        assert await store.purge(cutoff) == 3  # done, dead, bare
+        for gone in (done, dead, bare):
+            assert await store.message(gone) is None
+            assert await jobs_of(store, gone) == []
+        for kept in (pending, running, mixed, new):
+            assert await store.message(kept) is not None
+        assert len(await jobs_of(store, mixed)) == 2
+        assert (await store.put(message("done"))).created  # its key is free again
+        assert await store.purge(cutoff) == 0
+
+    async def test_purge_works_through_many_windows(self, store: Store, clock: FakeClock) -> None:
+        """Purge goes on past its batch size until it reaches messages newer than the cutoff."""
+        ids = [(await store.put(message(f"m{i}", job(queue="none")))).message_id for i in range(7)]
+        await store.drop(Selection())  # no jobs left: every message is done with
+        clock.advance(1)
+        cutoff = clock.now
+        later = (await store.put(message("later", job(queue="none")))).message_id
+        await store.drop(Selection())
+        assert await store.purge(cutoff, batch=2) == 7
+        assert [await store.message(i) for i in ids] == [None] * 7
+        assert await store.message(later) is not None
+
     async def test_counts_every_status(self, store: Store) -> None:
         """Counts name every status, per queue or over all."""
         zero = {status: 0 for status in Status}
