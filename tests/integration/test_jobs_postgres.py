@@ -66,6 +66,34 @@ class TestPostgresContract(StoreContract):
         return instances
 
 
+async def test_purge_looks_again_at_a_window_that_broke_the_foreign_key(
+    instances: Opener, postgres_url: str, schema: str, clock: FakeClock
+) -> None:
+    """A window whose delete fails on the foreign key (a replay raced it) is purged again."""
+    store = await instances()
+    for i in range(3):
+        await store.put(Message("s", f"k{i}", b"", {}, ()))
+    conn = await asyncpg.connect(postgres_url)
+    try:  # the first delete of a message fails as a raced replay would; the sequence remembers
+        await conn.execute(f"""
+            CREATE SEQUENCE "{schema}".failed;
+            CREATE FUNCTION "{schema}".fail_once() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF nextval('"{schema}".failed') = 1 THEN
+                    RAISE foreign_key_violation USING MESSAGE = 'raced';
+                END IF;
+                RETURN OLD;
+            END $$;
+            CREATE TRIGGER fail_once BEFORE DELETE ON "{schema}".messages
+                FOR EACH ROW EXECUTE FUNCTION "{schema}".fail_once();
+        """)
+        clock.advance(1)
+        assert await store.purge(clock.now) == 3
+        assert await conn.fetchval(f'SELECT last_value FROM "{schema}".failed') > 1
+    finally:
+        await conn.close()
+
+
 async def test_two_instances_claim_each_job_once(instances: Opener) -> None:
     """Two instances claiming the same queue at once get every job exactly once."""
     a, b = await instances(), await instances()

@@ -332,8 +332,11 @@ class PostgresStore:
         pool = self._open_pool()
         total, start = 0, 0
         while True:  # one short statement per window
-            with translated("purge"):
-                row = await pool.fetchrow(self._sql.purge, start, batch, before)
+            try:
+                with translated("purge"):
+                    row = await pool.fetchrow(self._sql.purge, start, batch, before)
+            except asyncpg.ForeignKeyViolationError:
+                continue  # a job of this window was replayed meanwhile: look at it again
             assert row is not None  # an aggregate always answers one row
             total += row["deleted"]
             if row["seen"] < batch or row["newer"]:
@@ -945,7 +948,8 @@ DELETE FROM {s}.jobs AS j USING {s}.messages AS m
 WHERE m.id = j.message_id AND j.status <> 'running' AND {{where}}
 """
         # A job replayed meanwhile keeps its message: the jobs delete skips it (it re-reads a
-        # changed row), so the messages delete breaks the foreign key and nothing is deleted.
+        # changed row), so the messages delete breaks the foreign key, nothing is deleted and
+        # ``purge`` looks at the window again.
         self.purge = f"""
 WITH batch AS (
     SELECT id, created_at FROM {s}.messages WHERE id >= $1 ORDER BY id LIMIT $2
