@@ -23,12 +23,13 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any, Final, NamedTuple, cast
+from typing import IO, Any, Final, NamedTuple, cast
 from urllib.parse import unquote
 
 import httptools
@@ -46,6 +47,9 @@ Receive = Callable[[Request], Awaitable[Reply]]
 BodyLimit = Callable[[str], int | None]
 # Paths whose endpoints read headers and a body; the SQL hot path keeps neither.
 FULL_PREFIXES: Final = (b"/hooks/", b"/v1/push", b"/v1/crm/", b"/crm/private/")
+# Uploads (up to 100 MB) are spooled: past SPOOL_IN_MEMORY bytes into a temporary file.
+SPOOL_PREFIXES: Final = (b"/v1/crm/", b"/crm/private/")
+SPOOL_IN_MEMORY: Final = 1 << 20
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 URL_SLACK: Final = 16 * 1024  # room for the path and the escapes of a request at the limit
@@ -130,7 +134,8 @@ class Pending(NamedTuple):
     url: bytes
     authorization: bytes | None
     keep_alive: bool
-    whole: tuple[dict[str, str], bytes] | None  # headers and body, for FULL_PREFIXES paths
+    # Headers, body and spooled body, for FULL_PREFIXES paths.
+    whole: tuple[dict[str, str], bytes, IO[bytes] | None] | None
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -158,6 +163,7 @@ class HttpProtocol(asyncio.Protocol):
         self._full: bool | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
+        self._spool: IO[bytes] | None = None
 
     # asyncio.Protocol
 
@@ -192,7 +198,16 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget the connection; an answer in progress is dropped when it is ready."""
         self.state.connections.discard(self)
+        self._close_spool()
+        for pending in self.queue:
+            if pending.whole is not None and pending.whole[2] is not None:
+                pending.whole[2].close()
         self.queue.clear()
+
+    def _close_spool(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
 
     # httptools callbacks
 
@@ -206,6 +221,7 @@ class HttpProtocol(asyncio.Protocol):
         self._full = None
         self._headers = []
         self._body = []
+        self._close_spool()
 
     def on_url(self, url: bytes) -> None:
         """Collect the request target, refusing one over the limit."""
@@ -248,6 +264,9 @@ class HttpProtocol(asyncio.Protocol):
             raise ValueError("body too large")
         if expect == b"100-continue" and self.transport is not None:
             self.transport.write(CONTINUE)
+        if self._url.startswith(SPOOL_PREFIXES):
+            # Closed by the request that takes it, or by the next request or the connection's end.
+            self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115
 
     def on_body(self, body: bytes) -> None:
         """Keep the body of a full request; count every body against its limit."""
@@ -255,7 +274,9 @@ class HttpProtocol(asyncio.Protocol):
         if self._body_bytes > self._body_limit:
             self._refuse(413, b"request too large")
             raise ValueError("body too large")
-        if self._full:
+        if self._spool is not None:
+            self._spool.write(body)
+        elif self._full:
             self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -279,13 +300,14 @@ class HttpProtocol(asyncio.Protocol):
 
     # answering
 
-    def _whole(self) -> tuple[dict[str, str], bytes]:
+    def _whole(self) -> tuple[dict[str, str], bytes, IO[bytes] | None]:
         headers: dict[str, str] = {}
         for name, value in self._headers:
             key = name.decode("latin-1").lower()
             text = value.decode("latin-1")
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
-        return headers, b"".join(self._body)
+        spool, self._spool = self._spool, None  # the request owns it from here
+        return headers, b"".join(self._body), spool
 
     def _start(self, request: Pending) -> None:
         self.busy = True
@@ -299,7 +321,7 @@ class HttpProtocol(asyncio.Protocol):
         url: bytes,
         authorization: bytes | None,
         keep_alive: bool,
-        whole: tuple[dict[str, str], bytes] | None,
+        whole: tuple[dict[str, str], bytes, IO[bytes] | None] | None,
     ) -> None:
         raw_path, _, query = url.partition(b"?")
         path = raw_path.decode("latin-1")
@@ -307,9 +329,14 @@ class HttpProtocol(asyncio.Protocol):
             path = unquote(path, encoding="latin-1")
         try:
             if whole is not None and self.state.receive is not None:
-                reply = await self.state.receive(
-                    Request(method, path, query, whole[0], whole[1], self.peer)
-                )
+                headers, body, spool = whole
+                try:
+                    reply = await self.state.receive(
+                        Request(method, path, query, headers, body, self.peer, spool)
+                    )
+                finally:
+                    if spool is not None:
+                        spool.close()
             else:
                 reply = await self.state.respond(
                     method, path, query, authorization, self.peer, self.local

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import socket
+import tracemalloc
 from collections.abc import AsyncIterator, Callable
+from typing import IO
 
 import pytest
 
 from patchbay.http import TEXT, Reply, Request
-from patchbay.server import Acceptor, HttpProtocol, Limits, State, bind, drain
+from patchbay.server import SPOOL_IN_MEMORY, Acceptor, HttpProtocol, Limits, State, bind, drain
 
 Seen = list[tuple[str, str, bytes, bytes | None, str | None]]
 
@@ -249,6 +252,91 @@ async def test_other_paths_stay_on_the_lean_path(full_server: tuple[int, list[Re
     answer = await exchange(port, b"GET /db?x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert answer.endswith(b"lean")
     assert received == []
+
+
+UPLOAD = 6 << 20
+
+
+@pytest.fixture
+async def upload_server() -> AsyncIterator[
+    tuple[int, list[tuple[bytes, bytes]], list[HttpProtocol]]
+]:
+    """A server taking uploads of up to 8 MB; it records (body, SHA-256 of the spooled body)."""
+    seen: list[tuple[bytes, bytes]] = []
+    protocols: list[HttpProtocol] = []
+    spools: list[IO[bytes]] = []
+
+    async def respond(*args: object) -> Reply:
+        return Reply(200, TEXT, b"lean")
+
+    async def receive(request: Request) -> Reply:
+        assert request.spool is not None
+        spools.append(request.spool)
+        digest = hashlib.sha256()
+        for chunk in request.chunks():
+            digest.update(chunk)
+        seen.append((request.body, digest.digest()))
+        return Reply(201, TEXT, b"stored")
+
+    def protocol() -> HttpProtocol:
+        protocols.append(HttpProtocol(state))
+        return protocols[-1]
+
+    state = State(respond, Limits(max_body_bytes=100), receive, lambda path: 8 << 20)
+    srv = await asyncio.get_running_loop().create_server(protocol, "127.0.0.1", 0)
+    yield srv.sockets[0].getsockname()[1], seen, protocols
+    srv.close()
+    assert all(spool.closed for spool in spools), "a spooled body was left open"
+
+
+async def test_uploads_are_spooled_not_kept_in_memory(
+    upload_server: tuple[int, list[tuple[bytes, bytes]], list[HttpProtocol]],
+) -> None:
+    """A 6 MB upload reaches the app through a spool; the server never holds it in memory."""
+    port, seen, _ = upload_server
+    body = bytes(range(256)) * (UPLOAD // 256)
+    head = b"POST /v1/crm/Leads/1/attachments HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+    tracemalloc.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head % len(body))
+        for i in range(0, len(body), 1 << 16):  # sent in pieces, as a client streams a file
+            writer.write(body[i : i + (1 << 16)])
+            await writer.drain()
+        answer = await asyncio.wait_for(reader.readuntil(b"stored"), 10)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 201 ")
+    assert seen == [(b"", hashlib.sha256(body).digest())]
+    # About the in-memory spool twice (when it moves to its file), whatever the upload's size.
+    assert peak < 3 * SPOOL_IN_MEMORY < UPLOAD, f"{peak} bytes traced while receiving {UPLOAD}"
+
+
+async def test_an_upload_cut_off_leaves_no_spool_behind(
+    upload_server: tuple[int, list[tuple[bytes, bytes]], list[HttpProtocol]],
+) -> None:
+    """A client that drops mid-upload: its spooled part is closed (and so deleted)."""
+    port, seen, protocols = upload_server
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /crm/private/json/Leads/uploadFile HTTP/1.1\r\nContent-Length: 5000000\r\n\r\n"
+    )
+    writer.write(b"x" * 2_000_000)
+    await writer.drain()
+    for _ in range(100):
+        if protocols and protocols[0]._body_bytes >= 2_000_000:
+            break
+        await asyncio.sleep(0.01)
+    assert protocols[0]._spool is not None
+    writer.close()
+    for _ in range(100):
+        if protocols[0]._spool is None:
+            break
+        await asyncio.sleep(0.01)
+    assert protocols[0]._spool is None
+    assert seen == []
 
 
 async def test_a_burst_of_connections_is_taken_in_one_readiness_event() -> None:

@@ -286,12 +286,16 @@ class Form:
 
 
 def _read_form(request: Request, uploads: Path, limit: int, file_field: str = "file") -> Form:
-    """Parse a multipart, form or JSON body; a file part goes to disk and is fsynced."""
+    """Parse a multipart, form or JSON body; a file part goes to disk and is fsynced.
+
+    The body is read a piece at a time (the server spools uploads), so a file is never whole in
+    memory; JSON and url-encoded bodies are small by nature and read at once.
+    """
     form = Form()
     kind, options = parse_options_header(request.headers.get("content-type", ""))
     if kind == b"application/json":
         try:
-            value = orjson.loads(request.body)
+            value = orjson.loads(request.read())
         except orjson.JSONDecodeError:
             raise RequestError("the body is not JSON") from None
         if not isinstance(value, dict):
@@ -299,9 +303,9 @@ def _read_form(request: Request, uploads: Path, limit: int, file_field: str = "f
         form.fields = {k: str(v) for k, v in value.items() if isinstance(v, str | int)}
         return form
     if kind == b"application/x-www-form-urlencoded":
-        form.fields = dict(parse_qsl(request.body.decode("utf-8", "replace")))
+        form.fields = dict(parse_qsl(request.read().decode("utf-8", "replace")))
         return form
-    if kind == b"" and not request.body:
+    if kind == b"" and not any(request.chunks(1)):
         return form
     if kind != b"multipart/form-data" or b"boundary" not in options:
         raise UnsupportedMedia("send multipart/form-data with a file, or JSON with a url")
@@ -363,7 +367,8 @@ def _read_form(request: Request, uploads: Path, limit: int, file_field: str = "f
         },
     )
     try:
-        parser.write(request.body)
+        for chunk in request.chunks():
+            parser.write(chunk)
         parser.finalize()
     except FormParserError:
         if state["out"] is not None:
