@@ -221,7 +221,8 @@ class HttpProtocol(asyncio.Protocol):
         self._full = None
         self._headers = []
         self._body = []
-        self._close_spool()
+        if self._spool is not None:  # a refused upload's
+            self._close_spool()
 
     def on_url(self, url: bytes) -> None:
         """Collect the request target, refusing one over the limit."""
