@@ -274,7 +274,7 @@ def purge(config_file: str | None, older_than: str) -> None:
 
     The whole job store is purged the same way (push messages and CRM uploads too); deliveries
     with a pending or running run stay. The server does this by itself every hour, for what is
-    older than ``[jobs] retention_days``. A purged delivery's id is accepted again if resent.
+    older than [jobs] retention_days. A purged delivery's id is accepted again if resent.
     """
     before = time.time() - _seconds(older_than, "--older-than")
     count = _with_store(config_file, lambda store: store.purge(before))
