@@ -101,7 +101,9 @@ def runs(tmp_path: Path) -> list[dict[str, Any]]:
     path = tmp_path / "runs.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    # A handler may be halfway through its line: only whole lines count.
+    whole = path.read_text().rpartition("\n")[0]
+    return [json.loads(line) for line in whole.splitlines()]
 
 
 def wait_for(check: Callable[[], bool], seconds: float = 15.0) -> None:

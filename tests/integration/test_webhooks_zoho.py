@@ -108,9 +108,10 @@ def test_channel_is_subscribed_and_notifications_reach_handlers(
     assert bad.json()["error"]["detail"]["reason"] == "bad_token"
     leads = tmp_path / "leads.jsonl"
     deadline = time.monotonic() + 10
-    while not leads.exists() and time.monotonic() < deadline:
+    # The handler opens the file before it writes its line: wait for the whole line.
+    while not (leads.exists() and leads.read_text().endswith("\n")):
+        assert time.monotonic() < deadline, server.log.read_text()
         time.sleep(0.05)
-    assert leads.exists(), server.log.read_text()
     assert [json.loads(x) for x in leads.read_text().splitlines()] == [
         {"event": "Leads.insert", "ids": ["4150868000000224005"]}
     ]
