@@ -163,8 +163,7 @@ class Stats:
         _SNAPSHOT_HEAD.pack_into(self._map, at, sequence, 0, 0)
         start = at + _SNAPSHOT_HEAD.size
         self._map[start : start + len(body)] = body
-        now_ns = time.time_ns() if self.clock is time.time else int(self.clock() * 1e9)
-        _SNAPSHOT_HEAD.pack_into(self._map, at, sequence + 1, now_ns, len(body))
+        _SNAPSHOT_HEAD.pack_into(self._map, at, sequence + 1, int(self.clock() * 1e9), len(body))
 
     def snapshots(self) -> list[tuple[float, Any]]:
         """The other live processes' snapshots, each with its age in seconds."""
@@ -314,9 +313,9 @@ class Histogram:
     def of(cls, counts: list[int]) -> Histogram:
         """The histogram with these bucket counts (as ``summary()["counts"]`` gives them)."""
         histogram = cls()
-        for i, n in enumerate(counts[: cls.BUCKETS]):
-            histogram.counts[i] = n
-        histogram.total = sum(histogram.counts)
+        used = counts[: cls.BUCKETS]
+        histogram.counts[: len(used)] = used
+        histogram.total = sum(used)
         return histogram
 
     def record(self, seconds: float) -> None:

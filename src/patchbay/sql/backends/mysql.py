@@ -135,7 +135,10 @@ class MySQLConnection:
             payload = sql.encode(encoding, "surrogateescape")
             if len(payload) >= MAX_PIPELINED_BYTES:
                 raise ValueError("a pipelined query must be under 16 MB")
-            packets.append((len(payload) + 1).to_bytes(3, "little") + b"\x00\x03" + payload)
+            # Length (3 bytes), sequence id 0, the command: a packet header and COM_QUERY.
+            packets.append(
+                (len(payload) + 1).to_bytes(3, "little") + bytes((0, COM_QUERY)) + payload
+            )
         try:
             self._conn._write_bytes(b"".join(packets))
         except (OSError, myerrors.MySQLError) as exc:
