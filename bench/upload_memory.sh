@@ -11,7 +11,9 @@ D=$(mktemp -d)
 trap 'kill $SRV $EMU 2>/dev/null || true; rm -rf "$D"' EXIT
 PYTHONPATH=$SRC $PY -m patchbay emulate zoho -p $((BASE+1)) > "$D/emu.log" 2>&1 &
 EMU=$!
-sleep 2
+# Wait for the emulator to print its client credentials, and the server to answer /livez.
+for _ in $(seq 100); do grep -q '^client_secret' "$D/emu.log" && break; sleep 0.1; done
+grep -q '^client_secret' "$D/emu.log" || { echo "the emulator did not start:"; cat "$D/emu.log"; exit 1; }
 cat > "$D/p.toml" <<TOML
 [server]
 state_dir = "$D/var"
@@ -23,7 +25,8 @@ api_url = "http://127.0.0.1:$((BASE+1))"
 TOML
 PYTHONPATH=$SRC $PY -m patchbay serve -p "$BASE" --config "$D/p.toml" > "$D/serve.log" 2>&1 &
 SRV=$!
-sleep 3
+for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$BASE/livez" && break; sleep 0.1; done
+curl -sf -o /dev/null "http://127.0.0.1:$BASE/livez" || { echo "the server did not start:"; cat "$D/serve.log"; exit 1; }
 head -c 20000000 /dev/urandom > "$D/big.bin"
 before=$(awk '/VmHWM/ {print $2}' /proc/$SRV/status)
 pids=()
